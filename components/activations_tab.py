@@ -1,0 +1,7 @@
+"""Activations tab (placeholder until its issue lands)."""
+import gradio as gr
+
+
+def create_tab(session) -> dict:
+    gr.Markdown("*Activations: coming soon.*")
+    return {}

@@ -1,0 +1,7 @@
+"""LoRA tab (placeholder until its issue lands)."""
+import gradio as gr
+
+
+def create_tab(session) -> dict:
+    gr.Markdown("*LoRA: coming soon.*")
+    return {}

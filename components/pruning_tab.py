@@ -1,0 +1,7 @@
+"""Pruning tab (placeholder until its issue lands)."""
+import gradio as gr
+
+
+def create_tab(session) -> dict:
+    gr.Markdown("*Pruning: coming soon.*")
+    return {}

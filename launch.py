@@ -1,0 +1,61 @@
+"""Start Tailor Studio: `python launch.py [--host 127.0.0.1] [--port 7860] [--workspace DIR] [--auth USER:PASS]`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger("launch")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Tailor Studio web UI")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--workspace", default="workspace", help="folder for every output")
+    parser.add_argument("--auth", default=None, help="USER:PASS required to open the studio")
+    parser.add_argument("--model", default="default",
+                        help="model to load at start ('default', hub id, folder, .gguf; 'none' to skip)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if present)")
+    parser.add_argument("--share", action="store_true", help="open a public Gradio share link")
+    parser.add_argument("--memory-limit-mib", type=int, default=None,
+                        help="refuse loads beyond this much model memory (an OOM guard)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            sys.stderr.write("error: --auth must be USER:PASS\n")
+            return 2
+        auth = (user, password)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
+        log.warning("Binding %s without --auth: anyone who can reach this machine can use the "
+                    "studio and its models; add --auth USER:PASS.", args.host)
+
+    from components.app import build_app
+    from studio.errors import StudioError
+    from studio.session import Session
+
+    try:
+        limit = args.memory_limit_mib << 20 if args.memory_limit_mib else None
+        session = Session(args.workspace, device=args.device, memory_limit_bytes=limit)
+        if args.model != "none":
+            log.info("Loading %s ...", args.model)
+            session.load(args.model, progress=lambda f, m="": log.info("[%3.0f%%] %s", f * 100, m))
+    except StudioError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    demo = build_app(session)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share,
+                allowed_paths=[str(session.workspace)], show_error=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Shared fixtures: models are loaded once per test run; tiny models of every family are built
+once; one real studio server (subprocess) serves every gradio_client test."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+WIKI_TEST = DATA / "wikitext-2" / "test.txt"
+WIKI_VALID = DATA / "wikitext-2" / "valid.txt"
+PUBMEDQA = DATA / "pubmedqa" / "ori_pqal.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()
+
+
+def need_data(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not present (shared data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded SmolLM2-135M-Instruct, loaded once (float32 on CPU)."""
+    from studio.models.loading import load_model
+
+    return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model):
+    return default_model.tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """tiny_dir(family) -> folder of a tiny random checkpoint of that family (built once)."""
+    from studio.models.tiny import build_tiny
+
+    built: dict[str, Path] = {}
+
+    def make(family: str = "llama") -> Path:
+        if family not in built:
+            built[family] = build_tiny(family, tmp_path_factory.mktemp(f"tiny-{family}"), tokenizer)
+        return built[family]
+
+    return make
+
+
+@pytest.fixture
+def tiny_session(tmp_path, tiny_dir):
+    """tiny_session(family) -> a Session in a temporary workspace with that tiny model as base."""
+    from studio.session import Session
+
+    def make(family: str = "llama"):
+        session = Session(tmp_path / "workspace", device="cpu")
+        session.load(str(tiny_dir(family)))
+        return session
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_studio(workspace: Path, *extra: str, timeout: float = 240.0):
+    """Start launch.py in a subprocess; return (process, url) once it answers HTTP."""
+    import urllib.request
+
+    port = free_port()
+    log = open(workspace.parent / f"studio-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port),
+                             "--workspace", str(workspace), *extra],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"studio exited early: {Path(log.name).read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError as exc:
+            if getattr(exc, "code", None) == 401:
+                return proc, url
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"studio did not answer in {timeout}s: {Path(log.name).read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def studio_server(tmp_path_factory):
+    """One real studio (default model preloaded) for every gradio_client and browser test."""
+    workspace = tmp_path_factory.mktemp("studio") / "workspace"
+    proc, url = start_studio(workspace)
+    yield {"url": url, "workspace": workspace, "process": proc}
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def client(studio_server):
+    from gradio_client import Client
+
+    return Client(studio_server["url"], verbose=False)
