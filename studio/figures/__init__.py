@@ -1,4 +1,7 @@
-"""Plotly figure builders: pure functions of summaries, arrays and frames (used by tabs and reports)."""
+"""Plotly figure builders: pure functions of summaries, arrays and frames (used by tabs and reports).
+
+One module per area (activations, pruning, training, evaluation); shared builders live here.
+"""
 from __future__ import annotations
 
 import plotly.graph_objects as go
