@@ -39,3 +39,20 @@ def empty_figure(message: str = "Nothing to show yet") -> go.Figure:
     fig.update_layout(height=260, xaxis=dict(visible=False), yaxis=dict(visible=False),
                       margin=dict(l=10, r=10, t=10, b=10))
     return fig
+
+
+def metrics_figure(rows: list[dict], keys: list[str], title: str = "", x: str = "step",
+                   height: int = 300) -> go.Figure:
+    """Line chart of metric-log rows (one trace per key present), e.g. losses over steps."""
+    fig = go.Figure()
+    for key in keys:
+        points = [(r[x], r[key]) for r in rows if r.get(key) is not None and x in r]
+        if points:
+            xs, ys = zip(*points)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=key,
+                                     marker=dict(size=4)))
+    if not fig.data:
+        return empty_figure(f"{title}: waiting for the first metrics" if title else "No metrics yet")
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis_title=x, legend=dict(orientation="h", y=-0.25))
+    return fig
