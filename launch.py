@@ -23,6 +23,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def exposure_warning(host: str, auth) -> str | None:
+    """A warning when the studio is reachable beyond this machine without a password."""
+    if host in ("127.0.0.1", "localhost", "::1") or auth is not None:
+        return None
+    return (f"Binding {host} without --auth: anyone who can reach this machine can use the studio "
+            "and its models; add --auth USER:PASS.")
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -33,9 +41,9 @@ def main(argv=None) -> int:
             sys.stderr.write("error: --auth must be USER:PASS\n")
             return 2
         auth = (user, password)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
-        log.warning("Binding %s without --auth: anyone who can reach this machine can use the "
-                    "studio and its models; add --auth USER:PASS.", args.host)
+    warning = exposure_warning(args.host, auth)
+    if warning:
+        log.warning(warning)
 
     from components.app import build_app
     from studio.errors import StudioError

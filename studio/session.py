@@ -81,13 +81,26 @@ class Session:
         return loaded
 
     def _guard_memory(self, spec: str) -> None:
-        """Refuse work that would not fit the configured memory budget (OOM guard, also on CPU)."""
+        """Refuse a load that would not fit the memory budget (an OOM guard that also works on CPU)."""
+        if self.memory_limit_bytes is None:
+            return
+        from studio.models.loading import resolve_spec
+
+        where, _ = resolve_spec(spec)
+        weights = sum(p.stat().st_size for p in Path(where).glob("*.safetensors")) \
+            if Path(where).is_dir() else 0
+        self.ensure_memory(weights, f"loading {spec}")
+
+    def ensure_memory(self, extra_bytes: int, what: str) -> None:
+        """Raise before work that would push the models past the memory budget."""
         if self.memory_limit_bytes is None:
             return
         used = sum(model_bytes(m.model) for m in self.models.values())
-        if used >= self.memory_limit_bytes:
-            raise StudioError(f"Out of memory budget: models use {used >> 20} MiB of the "
-                              f"{self.memory_limit_bytes >> 20} MiB allowed; unload a model first.")
+        if used + extra_bytes > self.memory_limit_bytes:
+            raise StudioError(
+                f"Out of memory: {what} needs about {extra_bytes >> 20} MiB more but the models "
+                f"already use {used >> 20} MiB of the {self.memory_limit_bytes >> 20} MiB allowed; "
+                "unload a model or raise --memory-limit-mib.")
 
     def has(self, role: str) -> bool:
         return role in self.models
@@ -111,6 +124,7 @@ class Session:
 
     def copy_of(self, role: str = BASE) -> LoadedModel:
         source = self.get(role)
+        self.ensure_memory(model_bytes(source.model), f"copying the {role} model")
         return LoadedModel(model=copy.deepcopy(source.model), tokenizer=source.tokenizer,
                            adapter=source.adapter, spec=source.spec, source=source.source,
                            origin=source.origin, history=list(source.history))

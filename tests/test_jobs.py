@@ -111,3 +111,13 @@ def test_unload_frees_the_model(tiny_session):
     assert ref() is None and not session.has("base")
     with pytest.raises(StudioError, match="load a model first"):
         session.get()
+
+
+def test_memory_guard_refuses_before_running_out(tmp_path, tiny_dir):
+    """Out-of-memory simulated on CPU: a budget smaller than two copies of the model."""
+    session = Session(tmp_path / "ws", device="cpu", memory_limit_bytes=30 << 20)
+    session.load(str(tiny_dir("llama")))  # ~26 MiB (tiny layers, real 49k vocabulary)
+    with pytest.raises(StudioError, match="Out of memory"):
+        session.copy_of("base")
+    assert session.has("base")  # nothing lost, the session stays usable
+    assert session.submit("after", lambda job: "fine").wait(10).result == "fine"
