@@ -124,3 +124,13 @@ def client(studio_server):
     from gradio_client import Client
 
     return Client(studio_server["url"], verbose=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where CUDA is (benchmarks/gpu_check.sh runs them there)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA; benchmarks/gpu_check.sh runs these on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
