@@ -13,6 +13,7 @@ Hooks are always removed in `finally`, and every capture is read-only unless it 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Callable, Iterable
 
 import torch
@@ -94,14 +95,18 @@ def run_with_cache(model: nn.Module, adapter: ArchitectureAdapter, input_ids: to
 
 
 class _SkippedLayer(nn.Module):
-    """Stands in for a removed decoder layer during preview: passes the residual stream through."""
+    """Stands in for a removed decoder layer during preview: passes the residual stream through
+    in the previewing thread; any other thread (a generation meanwhile) gets the real layer."""
 
-    def __init__(self, original: nn.Module):
+    def __init__(self, original: nn.Module, owner: int):
         super().__init__()
+        self.original = [original]  # a list, so it is not registered as a submodule
+        self.owner = owner
         self.attention_type = getattr(original, "attention_type", None)
-        self.layer_idx = getattr(getattr(original, "self_attn", None), "layer_idx", None)
 
     def forward(self, hidden_states, *args, **kwargs):
+        if threading.get_ident() != self.owner:
+            return self.original[0](hidden_states, *args, **kwargs)
         return hidden_states
 
 
@@ -116,12 +121,19 @@ def pruning_masks(model: nn.Module, adapter: ArchitectureAdapter,
     layers = adapter.layers(model)
     head_dim = adapter.head_layout(model.config).head_dim
     handles, swapped = [], {}
+    owner = threading.get_ident()  # masks apply to this thread's forwards only
 
     def neuron_mask(mask):
-        return lambda m, a: (a[0] * mask.to(a[0].dtype),)
+        def apply(m, a):
+            if threading.get_ident() != owner:
+                return None
+            return (a[0] * mask.to(a[0].dtype),)
+        return apply
 
     def head_mask(mask):
         def apply(m, a):
+            if threading.get_ident() != owner:
+                return None
             x = a[0].unflatten(-1, (-1, head_dim)) * mask.to(a[0].dtype)[:, None]
             return (x.flatten(-2),)
         return apply
@@ -135,7 +147,7 @@ def pruning_masks(model: nn.Module, adapter: ArchitectureAdapter,
             handles.append(o_proj.register_forward_pre_hook(head_mask(keep.to(o_proj.weight.device))))
         for i in skip_layers:
             swapped[i] = layers[i]
-            layers[i] = _SkippedLayer(layers[i])
+            layers[i] = _SkippedLayer(layers[i], owner)
         yield model
     finally:
         for handle in handles:

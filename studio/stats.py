@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +60,11 @@ class _Accumulator:
         self.gram = torch.zeros(n_layers, width, width, dtype=torch.float32) if with_gram else None
         self.tokens = 0
         self._resid_pre: dict[int, torch.Tensor] = {}
+        self.thread = threading.get_ident()  # forwards of other threads (a generation) are not data
 
     def __call__(self, name: str, tensor: torch.Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
         _, index, kind = name.split(".", 2)
         i = int(index)
         x = tensor.detach().float()

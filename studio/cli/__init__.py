@@ -55,6 +55,9 @@ def build_parser(found: dict) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("STUDIO_LOG", "WARNING"), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr carries our progress lines and one-line errors only
     found = commands()
     args = build_parser(found).parse_args(argv)
     started = time.time()
