@@ -1,0 +1,298 @@
+"""Session-level pruning: importance (cached), live previews by masking, apply, recipe replay,
+perplexity curves and saving. Built on studio.importance (scores) and studio.surgery (plans).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+
+from studio.data import token_blocks
+from studio.errors import PruningError
+from studio.evaluation import parameter_count, perplexity
+from studio.importance import (EXPENSIVE_METHODS, HEAD_METHODS, LAYER_METHODS, NEURON_METHODS,
+                               ImportanceContext, ImportanceScores, method_needs_data)
+from studio.models.loading import LoadedModel
+from studio.progress import Progress, null_progress, scaled
+from studio.stats import calibration_stats
+from studio.surgery import (PruningPlan, apply_plan, kept_layout, kept_width, layer_matmul_params,
+                            make_plan, masked, planned_params, refit_weights)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RIDGE = 0.3
+
+__all__ = ["PruneConfig", "NEURON_METHODS", "HEAD_METHODS", "LAYER_METHODS", "method_needs_data",
+           "ImportanceScores", "PruningPlan", "compute_importance", "make_plan", "plan_for",
+           "preview", "apply", "replay_step", "perplexity_curve", "save_pruned"]
+
+
+@dataclass
+class PruneConfig:
+    mlp_ratio: float = 0.0
+    head_ratio: float = 0.0
+    head_mode: str = "per-group"
+    layers: int = 0
+    layer_method: str = "block_influence"
+    layer_list: list[int] | None = None
+    method: str = "activation"
+    head_method: str = "activation"
+    reconstruct: bool = True
+    ridge: float = DEFAULT_RIDGE
+    multiple_of: int = 1
+    calib_source: str = "builtin:python-docs"
+    calib_tokens: int = 4096
+    calib_block: int = 512
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # room for UI-only settings; ignored by the engine
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "PruneConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in names})
+
+    def has_data(self) -> bool:
+        return bool(self.calib_source) and self.calib_tokens > 0
+
+    def uses_refit(self) -> bool:
+        return self.reconstruct and self.mlp_ratio > 0 and self.has_data()
+
+    def validate(self, loaded: LoadedModel) -> None:
+        """PruningError (one sentence, the offending values) for any setting that cannot work."""
+        adapter, cfg = loaded.adapter, loaded.config
+        for name in ("mlp_ratio", "head_ratio"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise PruningError(f"{name} must be in [0, 1) but is {value}; pick a fraction like 0.3.")
+        for name, registry in (("method", NEURON_METHODS), ("head_method", HEAD_METHODS),
+                               ("layer_method", LAYER_METHODS)):
+            if getattr(self, name) not in registry:
+                raise PruningError(f"Unknown {name} '{getattr(self, name)}'; choose one of "
+                                   f"{', '.join(registry)}.")
+        if self.multiple_of < 1:
+            raise PruningError(f"multiple_of must be at least 1 but is {self.multiple_of}.")
+        if self.ridge < 0:
+            raise PruningError(f"ridge must be zero or positive but is {self.ridge}.")
+        n_layers = adapter.num_layers(cfg)
+        if self.layer_method == "manual" and self.layers:
+            chosen = self.layer_list or []
+            bad = [i for i in chosen if not 0 <= int(i) < n_layers]
+            if bad:
+                raise PruningError(f"Layers {bad} do not exist; the model has layers 0-{n_layers - 1}.")
+            if len(set(chosen)) != self.layers:
+                raise PruningError(f"layers={self.layers} but the manual list {sorted(set(chosen))} "
+                                   f"names {len(set(chosen))}; list exactly the layers to remove.")
+        if not 0 <= self.layers < n_layers:
+            raise PruningError(f"Cannot remove {self.layers} of {n_layers} layers; keep at least one "
+                               f"(0 to {n_layers - 1}).")
+        if self.mlp_ratio > 0:
+            kept_width(adapter.intermediate_size(cfg), self.mlp_ratio, self.multiple_of)
+        if self.head_ratio > 0:
+            kept_layout(adapter.head_layout(cfg), cfg.hidden_size, self.head_ratio, self.head_mode)
+        if not self.has_data():
+            for active, name in ((self.mlp_ratio > 0, self.method),
+                                 (self.head_ratio > 0, self.head_method),
+                                 (self.layers > 0, self.layer_method)):
+                if active and method_needs_data(name):
+                    raise PruningError(f"Method '{name}' needs calibration data but no source is set; "
+                                       "choose a calibration source or a static method.")
+
+
+def _calib_blocks(session, loaded: LoadedModel, source: str, tokens: int, block: int,
+                  seed: int | None) -> torch.Tensor:
+    """Tokenised blocks, cached in session.cache (previews re-use them)."""
+    key = ("prune-blocks", id(loaded.tokenizer), source, tokens, block, seed)
+    if key not in session.cache:
+        session.cache[key] = token_blocks(loaded.tokenizer, source, block, tokens, seed=seed)
+    return session.cache[key]
+
+
+def _needed(config: PruneConfig, ratio: float, method: str) -> bool:
+    """Compute a part when it is used, or when it is cheap (free with the statistics)."""
+    if ratio > 0:
+        return True
+    if method_needs_data(method):
+        return config.has_data() and method not in EXPENSIVE_METHODS
+    return method != "manual"
+
+
+def compute_importance(session, config: PruneConfig, progress: Progress = null_progress,
+                       should_stop=lambda: False) -> ImportanceScores:
+    """Scores of the working model for the config's methods, cached per part in session.cache."""
+    loaded = session.working()
+    config.validate(loaded)
+    fp = loaded.fingerprint()
+    data = (config.calib_source, config.calib_tokens, config.calib_block, config.seed)
+
+    def stats():
+        return calibration_stats(session, config.calib_source, config.calib_tokens,
+                                 config.calib_block, config.seed, with_gram=config.uses_refit(),
+                                 progress=scaled(progress, 0.0, 0.5), should_stop=should_stop)
+
+    def blocks():
+        return _calib_blocks(session, loaded, *data)
+
+    parts = {"neurons": (config.mlp_ratio, config.method, NEURON_METHODS, ()),
+             "heads": (config.head_ratio, config.head_method, HEAD_METHODS, ()),
+             "layers": (config.layers, config.layer_method, LAYER_METHODS,
+                        (config.layers, tuple(config.layer_list or ())))}
+    out = ImportanceScores(meta={"method": config.method, "head_method": config.head_method,
+                                 "layer_method": config.layer_method, "source": config.calib_source,
+                                 "tokens": config.calib_tokens, "seed": config.seed, "fingerprint": fp})
+    for n, (part, (amount, method, registry, extra)) in enumerate(parts.items()):
+        if not _needed(config, amount, method):
+            continue
+        if method == "manual" or (part == "layers" and method not in EXPENSIVE_METHODS):
+            extra = extra if method == "manual" else ()
+        key = ("prune-importance", fp, part, method, data if method_needs_data(method) else None, extra)
+        if key not in session.cache:
+            ctx = ImportanceContext(loaded, stats, blocks, drop=config.layers,
+                                    layer_list=config.layer_list,
+                                    progress=scaled(progress, 0.5 + n / 6, 0.5 + (n + 1) / 6),
+                                    should_stop=should_stop)
+            session.cache[key] = registry[method](ctx)
+        setattr(out, part, session.cache[key])
+    if config.uses_refit():
+        stats()  # the Gram matrix is needed for the refit: compute it within this job
+    progress(1.0, "Importance ready")
+    return out
+
+
+def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
+             should_stop=lambda: False) -> tuple[PruningPlan, dict | None]:
+    """(plan, refit weights or None) for the working model; the refit is cached per plan."""
+    loaded = session.working()
+    scores = compute_importance(session, config, progress, should_stop)
+    plan = make_plan(loaded, scores, config)
+    if not (config.uses_refit() and plan.neuron_keep):
+        return plan, None
+    key = ("prune-refit", loaded.fingerprint(), config.calib_source, config.calib_tokens,
+           config.calib_block, config.seed, config.ridge,
+           tuple(tuple(k.nonzero().flatten().tolist()) for _, k in sorted(plan.neuron_keep.items())))
+    if key not in session.cache:
+        stats = calibration_stats(session, config.calib_source, config.calib_tokens,
+                                  config.calib_block, config.seed, with_gram=True)
+        session.cache[key] = refit_weights(loaded, plan, stats.gram, config.ridge)
+    return plan, session.cache[key]
+
+
+def _baseline(session, loaded: LoadedModel, name: str, blocks: torch.Tensor) -> float:
+    key = ("prune-baseline", loaded.fingerprint(), name, tuple(blocks.shape), int(blocks.sum()))
+    if key not in session.cache:
+        session.cache[key] = perplexity(loaded.model, blocks)
+    return session.cache[key]
+
+
+def preview(session, config: PruneConfig, eval_sources: dict[str, str], eval_tokens: int = 512,
+            block: int = 512, progress: Progress = null_progress, should_stop=lambda: False) -> dict:
+    """Perplexity of the plan by masking (equals the applied model's), next to the baseline."""
+    loaded = session.working()
+    plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.8), should_stop)
+    block = min(block, eval_tokens)
+    result = {"perplexity": {}, "baseline": {}}
+    with session.lock:
+        for name, source in eval_sources.items():
+            if not source:
+                continue
+            blocks = _calib_blocks(session, loaded, source, eval_tokens, block, None)
+            result["baseline"][name] = _baseline(session, loaded, name + source, blocks)
+            with masked(loaded, plan, refit):
+                result["perplexity"][name] = perplexity(loaded.model, blocks, should_stop=should_stop)
+    total = parameter_count(loaded.model)
+    before, after = layer_matmul_params(loaded, plan)
+    result.update(params=planned_params(loaded, plan, total), params_base=total,
+                  flops_ratio=after / before, est_speedup=before / after, plan=plan.summary())
+    progress(1.0, "Preview ready")
+    return result
+
+
+def apply(session, config: PruneConfig, progress: Progress = null_progress,
+          should_stop=lambda: False) -> LoadedModel:
+    """Slice a deep copy of the working model into the session's student; record the step."""
+    source_role = "student" if session.has("student") else "base"
+    plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.7), should_stop)
+    if plan.is_empty():
+        raise PruningError("These settings remove nothing (all fractions round to zero); raise "
+                           "the MLP or head fraction or the number of layers.")
+    progress(0.75, "Slicing weights")
+    with session.lock:
+        loaded = session.copy_of(source_role)
+        before = parameter_count(loaded.model)
+        apply_plan(loaded, plan, refit)
+        settings = asdict(config)
+        settings.pop("extra", None)
+        loaded.history.append({"step": "prune", **settings, "plan": _jsonable(plan.summary())})
+        session.set_model("student", loaded)
+        session.record({"step": "prune", **settings})
+    log.info("pruned %d -> %d parameters", before, parameter_count(loaded.model))
+    progress(1.0, "Pruned")
+    return loaded
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def replay_step(session, settings: dict, progress: Progress = null_progress) -> dict:
+    """Re-run a recorded prune step (recipe replay)."""
+    config = PruneConfig.from_dict({k: v for k, v in settings.items() if k not in ("step", "time")})
+    loaded = apply(session, config, progress)
+    return {"step": "prune", "params": parameter_count(loaded.model)}
+
+
+def perplexity_curve(session, config: PruneConfig, ratios, eval_source: str, eval_tokens: int = 512,
+                     progress: Progress = null_progress, should_stop=lambda: False,
+                     kind: str = "mlp") -> list[dict]:
+    """Perplexity vs fraction pruned (kind: mlp, heads or layers), by masking; importance cached."""
+    loaded = session.working()
+    blocks = _calib_blocks(session, loaded, eval_source, eval_tokens, min(512, eval_tokens), None)
+    n_layers = loaded.adapter.num_layers(loaded.config)
+    rows = []
+    for n, ratio in enumerate(ratios):
+        if should_stop():
+            break
+        if kind == "mlp":
+            cfg = replace(config, mlp_ratio=float(ratio))
+        elif kind == "heads":
+            cfg = replace(config, head_ratio=float(ratio))
+        elif kind == "layers":
+            cfg = replace(config, layers=int(round(float(ratio) * n_layers)))
+        else:
+            raise PruningError(f"Unknown curve kind '{kind}'; use mlp, heads or layers.")
+        step = scaled(progress, n / len(ratios), (n + 1) / len(ratios))
+        try:
+            plan, refit = plan_for(session, cfg, step, should_stop)
+        except PruningError as exc:
+            rows.append({"ratio": float(ratio), "perplexity": None, "error": str(exc)})
+            continue
+        with session.lock, masked(loaded, plan, refit):
+            ppl = perplexity(loaded.model, blocks, should_stop=should_stop)
+        rows.append({"ratio": float(ratio), "perplexity": ppl,
+                     "params": planned_params(loaded, plan, parameter_count(loaded.model))})
+        step(1.0, f"Curve: {n + 1}/{len(ratios)} points")
+    return rows
+
+
+def save_pruned(loaded: LoadedModel, out_dir) -> Path:
+    """Write a checkpoint plain `AutoModelForCausalLM.from_pretrained(out_dir)` loads."""
+    from studio.models.loading import strip_quantizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if getattr(loaded.model, "hf_quantizer", None) is not None:
+        strip_quantizer(loaded.model)
+    started = time.time()
+    loaded.model.save_pretrained(out)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(out)
+    if getattr(loaded.model, "generation_config", None) is not None:
+        loaded.model.generation_config.save_pretrained(out)
+    log.info("saved %s in %.1fs", out, time.time() - started)
+    return out

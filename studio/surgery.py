@@ -1,0 +1,266 @@
+"""Pruning plans and the surgery that carries them out: choose what stays, preview it by masking,
+slice the weights for real, and refit down_proj by least squares.
+
+Masking (studio.hooks.pruning_masks) zeroes exactly what slicing removes, so a preview of a plan
+and the sliced model give the same logits.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from studio.errors import PruningError
+from studio.hooks import pruning_masks
+from studio.models.adapters import HeadLayout
+from studio.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruningPlan:
+    """What stays: per layer (original numbering) kept neurons, query heads and KV heads."""
+
+    neuron_keep: dict[int, torch.Tensor] = field(default_factory=dict)
+    head_keep: dict[int, torch.Tensor] = field(default_factory=dict)
+    kv_keep: dict[int, torch.Tensor] = field(default_factory=dict)
+    drop_layers: list[int] = field(default_factory=list)
+    width: int | None = None          # kept GLU width (None: unchanged)
+    layout: HeadLayout | None = None  # kept head layout (None: unchanged)
+
+    def summary(self) -> dict:
+        return {"glu_width": self.width, "query_heads": self.layout and self.layout.num_heads,
+                "kv_heads": self.layout and self.layout.num_kv_heads,
+                "drop_layers": sorted(self.drop_layers),
+                "pruned_neurons": {i: int((~k).sum()) for i, k in self.neuron_keep.items()},
+                "pruned_heads": {i: (~k).nonzero().flatten().tolist() for i, k in self.head_keep.items()}}
+
+    def is_empty(self) -> bool:
+        return not (self.neuron_keep or self.head_keep or self.drop_layers)
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def kept_width(width: int, ratio: float, multiple_of: int = 1) -> int:
+    """GLU width left after removing `ratio`, rounded to a multiple; refuses zero."""
+    keep = _round_half_up(width * (1 - ratio) / multiple_of) * multiple_of
+    keep = min(keep, width)
+    if keep <= 0:
+        raise PruningError(f"Removing {ratio:.0%} of {width} neurons rounded to a multiple of "
+                           f"{multiple_of} leaves no neuron; lower the MLP fraction or --multiple-of.")
+    return keep
+
+
+def _valid_fractions(layout: HeadLayout, hidden: int, mode: str) -> list[str]:
+    g, kv = layout.group_size, layout.num_kv_heads
+    if mode == "groups":
+        return [f"{n}/{kv}" for n in range(kv) if hidden % ((kv - n) * g) == 0]
+    return [f"{d}/{g}" for d in range(g) if hidden % (kv * (g - d)) == 0]
+
+
+def kept_layout(layout: HeadLayout, hidden: int, ratio: float, mode: str) -> HeadLayout:
+    """Head layout left after removing `ratio` of query heads (GQA-aware, same in every layer)."""
+    g, kv = layout.group_size, layout.num_kv_heads
+    if mode == "groups":
+        drop = _round_half_up(kv * ratio)
+        new = HeadLayout((kv - drop) * g, kv - drop, layout.head_dim)
+        what = f"{drop} of {kv} KV groups"
+    elif mode == "per-group":
+        drop = _round_half_up(g * ratio)
+        new = HeadLayout(kv * (g - drop), kv, layout.head_dim)
+        what = f"{drop} of {g} query heads in every KV group"
+    else:
+        raise PruningError(f"Unknown head mode '{mode}'; use 'per-group' or 'groups'.")
+    valid = ", ".join(_valid_fractions(layout, hidden, mode)) or "none"
+    if new.num_heads <= 0:
+        raise PruningError(f"Removing {ratio:.0%} of the heads ({what}) removes every head; "
+                           f"choose a head fraction among {valid}.")
+    if hidden % new.num_heads:
+        raise PruningError(f"Removing {what} leaves {new.num_heads} query heads, which do not divide "
+                           f"hidden_size {hidden}; choose a head fraction ({mode}) among {valid}.")
+    return new
+
+
+def _top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[torch.topk(scores.float(), keep, sorted=False).indices] = True
+    return mask
+
+
+def make_plan(loaded: LoadedModel, scores, config) -> PruningPlan:
+    """Turn scores + a PruneConfig into kept sets (highest scores stay)."""
+    adapter, cfg = loaded.adapter, loaded.config
+    n_layers, plan = adapter.num_layers(cfg), PruningPlan()
+    if config.mlp_ratio > 0:
+        width = adapter.intermediate_size(cfg)
+        plan.width = kept_width(width, config.mlp_ratio, config.multiple_of)
+        if plan.width < width:
+            plan.neuron_keep = {i: _top_mask(scores.neurons[i], plan.width) for i in range(n_layers)}
+    if config.head_ratio > 0:
+        layout = adapter.head_layout(cfg)
+        new = kept_layout(layout, cfg.hidden_size, config.head_ratio, config.head_mode)
+        plan.layout = new
+        if new != layout:
+            for i in range(n_layers):
+                heads = scores.heads[i].float().view(layout.num_kv_heads, layout.group_size)
+                if config.head_mode == "groups":
+                    kv = _top_mask(heads.sum(1), new.num_kv_heads)
+                    q = kv[:, None].expand(-1, layout.group_size)
+                else:
+                    kv = torch.ones(layout.num_kv_heads, dtype=torch.bool)
+                    q = torch.zeros_like(heads, dtype=torch.bool)
+                    q.scatter_(1, torch.topk(heads, new.group_size, dim=1).indices, True)
+                plan.head_keep[i], plan.kv_keep[i] = q.reshape(-1).clone(), kv
+    if config.layers > 0:
+        if config.layer_method == "manual":
+            plan.drop_layers = sorted(set(config.layer_list or []))
+        else:
+            plan.drop_layers = sorted(torch.topk(scores.layers.float(), config.layers,
+                                                 largest=False).indices.tolist())
+    return plan
+
+
+# -- least-squares refit -------------------------------------------------------------------
+def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float) -> torch.Tensor:
+    """down_proj columns for the kept neurons that best reproduce the full layer output on the
+    calibration activations: argmin ‖X Wᵀ − X_k W'ᵀ‖² + λ‖W' − W[:, k]‖², i.e.
+    W' = (W G[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G[k, k].
+    ridge → 0 is the plain least-squares refit, ridge → ∞ is plain slicing."""
+    g = gram.to(torch.float64)
+    w = weight.detach().to(g.device, torch.float64)
+    gk = g[keep][:, keep]
+    lam = ridge * gk.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(gk.shape[0], dtype=torch.float64, device=g.device)
+    rhs = g[keep] @ w.T + lam * w[:, keep].T  # [k, D]
+    solved = torch.linalg.solve(gk + lam * eye, rhs)
+    return solved.T.to(weight.dtype)
+
+
+def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ridge: float) -> dict:
+    """{layer: refit down_proj weight [D, kept]} for every layer whose neurons are pruned."""
+    layers = loaded.adapter.layers(loaded.model)
+    out = {}
+    for i, keep in plan.neuron_keep.items():
+        down = loaded.adapter.glu(layers[i])[2]
+        out[i] = refit_down(down.weight, gram[i], keep, ridge).to(down.weight.device)
+    return out
+
+
+# -- preview by masking --------------------------------------------------------------------
+@contextlib.contextmanager
+def masked(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None):
+    """The plan applied by masks (and refit down_proj weights, zero-padded) until the context
+    closes; weights are restored in `finally`."""
+    layers = loaded.adapter.layers(loaded.model)
+    saved = {}
+    try:
+        with torch.no_grad():
+            for i, new in (refit or {}).items():
+                down = loaded.adapter.glu(layers[i])[2]
+                saved[i] = down.weight.data
+                padded = torch.zeros_like(down.weight.data)
+                padded[:, plan.neuron_keep[i].to(padded.device)] = new.to(padded.dtype)
+                down.weight.data = padded
+        with pruning_masks(loaded.model, loaded.adapter, plan.neuron_keep, plan.head_keep,
+                           plan.drop_layers):
+            yield loaded.model
+    finally:
+        for i, weight in saved.items():
+            loaded.adapter.glu(layers[i])[2].weight.data = weight
+
+
+# -- slicing -------------------------------------------------------------------------------
+def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None,
+                  cols: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> None:
+    with torch.no_grad():
+        w = linear.weight.data
+        if weight is not None:
+            w = weight
+        elif cols is not None:
+            w = w[:, cols.to(w.device)]
+        if rows is not None:
+            w = w[rows.to(w.device)]
+            if linear.bias is not None:
+                linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)].clone())
+        linear.weight = nn.Parameter(w.contiguous().clone())
+    linear.out_features, linear.in_features = linear.weight.shape
+
+
+def _head_rows(keep: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return keep.repeat_interleave(head_dim)
+
+
+def apply_plan(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None) -> None:
+    """Slice the weights in place and keep the config consistent (widths, heads, layers)."""
+    model, adapter = loaded.model, loaded.adapter
+    layers = adapter.layers(model)
+    for i, keep in plan.neuron_keep.items():
+        gate, up, down = adapter.glu(layers[i])
+        _slice_linear(gate, rows=keep)
+        _slice_linear(up, rows=keep)
+        _slice_linear(down, cols=keep, weight=(refit or {}).get(i))
+    if plan.neuron_keep:
+        adapter.set_intermediate_size(model.config, plan.width)
+    if plan.head_keep:
+        head_dim = adapter.head_layout(model.config).head_dim
+        for i, keep in plan.head_keep.items():
+            q, k, v, o = adapter.qkvo(layers[i])
+            kv_rows = _head_rows(plan.kv_keep[i], head_dim)
+            _slice_linear(q, rows=_head_rows(keep, head_dim))
+            _slice_linear(k, rows=kv_rows)
+            _slice_linear(v, rows=kv_rows)
+            _slice_linear(o, cols=_head_rows(keep, head_dim))
+        adapter.set_head_layout(model, plan.layout)
+    if plan.drop_layers:
+        n_layers = adapter.num_layers(model.config)
+        adapter.keep_layers(model, [i for i in range(n_layers) if i not in set(plan.drop_layers)])
+
+
+# -- size and cost ------------------------------------------------------------------------
+def _numel(linear: nn.Linear) -> tuple[int, int]:
+    return linear.weight.shape[0], linear.weight.shape[1]
+
+
+def planned_params(loaded: LoadedModel, plan: PruningPlan, total: int) -> int:
+    """Parameter count of the model the plan would produce (total = current unique count)."""
+    adapter, layers = loaded.adapter, loaded.adapter.layers(loaded.model)
+    removed = 0
+    for i, layer in enumerate(layers):
+        if i in plan.drop_layers:
+            removed += sum(p.numel() for p in layer.parameters())
+            continue
+        if i in plan.neuron_keep:
+            cut = int((~plan.neuron_keep[i]).sum())
+            for lin in adapter.glu(layer):
+                out_f, in_f = _numel(lin)
+                removed += cut * (in_f if lin is not adapter.glu(layer)[2] else out_f)
+                if lin.bias is not None and lin is not adapter.glu(layer)[2]:
+                    removed += cut
+        if i in plan.head_keep:
+            q, k, v, o = adapter.qkvo(layer)
+            dh = adapter.head_layout(loaded.config).head_dim
+            cut_q = int((~plan.head_keep[i]).sum()) * dh
+            cut_kv = int((~plan.kv_keep[i]).sum()) * dh
+            removed += cut_q * (q.in_features + (q.bias is not None)) + cut_q * o.out_features
+            for lin in (k, v):
+                removed += cut_kv * (lin.in_features + (lin.bias is not None))
+    return total - removed
+
+
+def layer_matmul_params(loaded: LoadedModel, plan: PruningPlan | None = None) -> tuple[int, int]:
+    """(per-token matmul weights before, after the plan): every decoder Linear plus the LM head."""
+    adapter, model = loaded.adapter, loaded.model
+    head = model.get_output_embeddings().weight.numel()
+    before = head + sum(m.weight.numel() for layer in adapter.layers(model)
+                        for m in layer.modules() if isinstance(m, nn.Linear))
+    if plan is None:
+        return before, before
+    after = planned_params(loaded, plan, before)  # biases/norms are negligible in this estimate
+    return before, after

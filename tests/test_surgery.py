@@ -1,0 +1,111 @@
+"""Surgery on tiny random models of every family: masked preview == sliced model, exported
+folders reload with plain transformers and generate with a KV cache, the refit lowers the error."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.evaluation import parameter_count
+from studio.hooks import run_with_cache
+from studio.models.adapters import HeadLayout
+from studio.models.tiny import FAMILIES
+from studio.pruning import PruneConfig, apply, plan_for, save_pruned
+from studio.stats import calibration_stats
+from studio.surgery import kept_layout, kept_width, masked, planned_params, refit_down
+
+CALIB = dict(calib_source="builtin:python-docs", calib_tokens=256, calib_block=128)
+CASES = {
+    "neurons": PruneConfig(mlp_ratio=0.3, **CALIB),
+    "neurons-refit-taylor": PruneConfig(mlp_ratio=0.5, method="taylor", ridge=0.01, **CALIB),
+    "heads-per-group": PruneConfig(head_ratio=0.5, **CALIB),
+    "heads-groups": PruneConfig(head_ratio=0.5, head_mode="groups", head_method="weight", **CALIB),
+    "layers": PruneConfig(layers=2, layer_method="iterative_influence", **CALIB),
+    "combined": PruneConfig(mlp_ratio=0.4, head_ratio=0.5, head_mode="groups", layers=1,
+                            multiple_of=8, **CALIB),
+}
+
+
+def _ids(seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 2000, (2, 20), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_masked_preview_equals_sliced_model(tiny_session, family):
+    session = tiny_session(family)
+    base = session.get()
+    ids = _ids()
+    with torch.no_grad():
+        original = base.model(input_ids=ids, use_cache=False).logits
+        for name, config in CASES.items():
+            plan, refit = plan_for(session, config)
+            with masked(base, plan, refit):
+                previewed = base.model(input_ids=ids, use_cache=False).logits
+            assert torch.equal(base.model(input_ids=ids, use_cache=False).logits, original), \
+                f"{name}: weights were not restored after the preview"
+            pruned = apply(session, config)
+            session.unload("student")  # next case starts again from the base
+            applied = pruned.model(input_ids=ids, use_cache=False).logits
+            assert (previewed - original).abs().max() > 1e-3, f"{name}: the plan changed nothing"
+            assert (previewed - applied).abs().max() < 1e-4, name
+            assert parameter_count(pruned.model) == planned_params(
+                base, plan, parameter_count(base.model)), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_reloads_and_generates_with_kv_cache(tiny_session, tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    session = tiny_session(family)
+    pruned = apply(session, CASES["combined"])
+    cfg = pruned.config
+    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+            cfg.num_hidden_layers) == (56, 2, 1, 3)
+    assert cfg.head_dim == 16
+    if getattr(cfg, "layer_types", None) is not None:
+        assert len(cfg.layer_types) == 3
+    folder = save_pruned(pruned, tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = _ids(1)[:1, :8]
+    kwargs = dict(max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0,
+                  temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, pruned.model(input_ids=ids).logits,
+                              atol=1e-4)
+        expected = pruned.model.generate(ids, **{**kwargs, "use_cache": False})
+        got = reloaded.generate(ids, **kwargs)
+    assert torch.equal(got, expected)
+
+
+def test_reconstruction_lowers_layer_output_error(tiny_session):
+    session = tiny_session("llama")
+    base = session.get()
+    config = PruneConfig(mlp_ratio=0.5, **CALIB)
+    plan, refit = plan_for(session, config)
+    stats = calibration_stats(session, config.calib_source, config.calib_tokens, config.calib_block,
+                              config.seed, with_gram=True)
+    from studio.data import token_blocks
+
+    blocks = token_blocks(base.tokenizer, config.calib_source, config.calib_block,
+                          config.calib_tokens, seed=config.seed)
+    _, cache = run_with_cache(base.model, base.adapter, blocks, ["layers.1.mlp.act"])
+    x = cache["layers.1.mlp.act"].reshape(-1, 96)
+    down = base.adapter.glu(base.adapter.layers(base.model)[1])[2].weight.detach()
+    keep = plan.neuron_keep[1]
+    target = x @ down.T
+    sliced = (x[:, keep] @ down[:, keep].T - target).pow(2).mean()
+    refitted = (x[:, keep] @ refit[1].T - target).pow(2).mean()
+    assert refitted < 0.8 * sliced
+    # ridge -> infinity is plain slicing, ridge 0 is the least-squares optimum
+    far = refit_down(down, stats.gram[1], keep, 1e9)
+    assert torch.allclose(far, down[:, keep], atol=1e-5)
+    exact = refit_down(down, stats.gram[1], keep, 0.0)
+    assert (x[:, keep] @ exact.T - target).pow(2).mean() <= refitted + 1e-7
+
+
+def test_width_and_head_rounding_rules():
+    assert kept_width(96, 0.3) == 67
+    assert kept_width(96, 0.3, multiple_of=8) == 64
+    assert kept_width(1536, 0.3, multiple_of=64) == 1088
+    layout = HeadLayout(9, 3, 64)
+    assert kept_layout(layout, 576, 1 / 3, "per-group") == HeadLayout(6, 3, 64)
+    assert kept_layout(layout, 576, 1 / 3, "groups") == HeadLayout(6, 2, 64)
