@@ -248,25 +248,39 @@ def iterative_influence(ctx: ImportanceContext) -> torch.Tensor:
 PPL_SAMPLE_BLOCKS = 2
 
 
+PPL_RETEST = 6  # after the first removal only the best few candidates are re-tested
+
+
 def ppl_increase(ctx: ImportanceContext) -> torch.Tensor:
-    """Perplexity increase when each layer is skipped (greedy: re-tested after every removal),
-    on the first few calibration blocks."""
+    """Perplexity increase when each layer is skipped, on the first few calibration blocks; greedy:
+    after each removal the PPL_RETEST most promising layers are re-tested on the masked model
+    (every layer once, then a handful: ~40 passes for 3 of 30 layers instead of ~90)."""
     from studio.evaluation import perplexity
 
     loaded = ctx.loaded
     blocks = ctx.blocks()[:PPL_SAMPLE_BLOCKS]
     n_layers = loaded.adapter.num_layers(loaded.config)
+    last: list[torch.Tensor] = []
 
     def measure(skip: list[int]) -> torch.Tensor:
         with pruning_masks(loaded.model, loaded.adapter, skip_layers=skip):
             base = perplexity(loaded.model, blocks)
+        candidates = range(n_layers)
+        if last:
+            previous = last[-1].clone()
+            previous[skip] = math.inf
+            candidates = previous.argsort()[:PPL_RETEST].tolist()
         out = torch.full((n_layers,), math.inf)
-        for j in range(n_layers):
+        for j in candidates:
             if j in skip:
                 continue
             ctx.check_stop()
             with pruning_masks(loaded.model, loaded.adapter, skip_layers=skip + [j]):
                 out[j] = perplexity(loaded.model, blocks) - base
+        if last:  # layers not re-tested keep their earlier score, ranked after the re-tested
+            untested = ~torch.isfinite(out)
+            out[untested] = last[-1][untested] + out[torch.isfinite(out)].max().clamp(min=0)
+        last.append(out)
         return out
 
     return _greedy(ctx, measure, "Perplexity test")

@@ -1,0 +1,220 @@
+"""Pruning speed benchmark: (1) exported pruned models' forward tokens/s vs the FLOP reduction,
+base and pruned side by side in one run; (2) preview latency through gradio_client vs one bare
+forward pass of the pruned model over the same preview tokens.
+
+Run: .venv/bin/python benchmarks/bench_pruning_speed.py [--tokens 2048] [--repeats 5] [--no-server]
+Targets (issue 8): speedup ≥ 0.9 × FLOP reduction; preview ≤ 1.3 × the bare forward pass.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+WIKI_VALID = str(DATA / "wikitext-2" / "valid.txt")
+WIKI_TEST = str(DATA / "wikitext-2" / "test.txt")
+PUBMEDQA_TEST = f"pubmedqa:{DATA / 'pubmedqa' / 'ori_pqal.json'}:test"
+SPEED_SETTINGS = {"MLP 30%": dict(mlp_ratio=0.3), "MLP 40%": dict(mlp_ratio=0.4),
+                  "3 layers": dict(layers=3, layer_method="block_influence"),
+                  "MLP 30% + 3 layers": dict(mlp_ratio=0.3, layers=3, layer_method="block_influence")}
+SPEED_TARGET, PREVIEW_TARGET = 0.9, 1.3
+
+
+def forward_flops_per_token(model, seq_len: int) -> float:
+    """Multiply-adds ×2 per token of one causal forward pass: every Linear in the decoder and the
+    LM head, plus attention scores and mixing over the average causal context (seq_len + 1) / 2."""
+    import torch
+
+    from studio.models.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    linear = sum(m.weight.numel() for layer in layers for m in layer.modules()
+                 if isinstance(m, torch.nn.Linear))
+    linear += model.get_output_embeddings().weight.numel()
+    layout = adapter.head_layout(model.config)
+    attention = len(layers) * 2 * layout.num_heads * layout.head_dim * (seq_len + 1) / 2
+    return 2.0 * (linear + attention)
+
+
+def interleaved_speed(models: dict, blocks, repeats: int) -> dict:
+    """Best-of-`repeats` tokens/s per model, alternating models so load changes hit all alike."""
+    from studio.evaluation import forward_tokens_per_second
+
+    best = {name: 0.0 for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            best[name] = max(best[name], forward_tokens_per_second(model, blocks))
+    return best
+
+
+def export_speed(args) -> list[str]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from studio.data import token_blocks
+    from studio.pruning import PruneConfig, apply, save_pruned
+    from studio.session import Session
+
+    work = Path(tempfile.mkdtemp(prefix="tailor-speed-"))
+    session = Session(work / "ws", device=args.device)
+    base = session.load("default")
+    blocks = token_blocks(base.tokenizer, WIKI_TEST, 512, args.tokens)
+    models = {"base": base.model}
+    flops = {"base": forward_flops_per_token(base.model, 512)}
+    for name, setting in SPEED_SETTINGS.items():
+        config = PruneConfig(calib_source=WIKI_VALID, calib_tokens=args.calib_tokens, **setting)
+        pruned = apply(session, config)
+        folder = save_pruned(pruned, work / name.replace(" ", "_").replace("%", "").replace("+", ""))
+        session.unload("student")
+        reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=base.dtype).to(base.device).eval()
+        models[name], flops[name] = reloaded, forward_flops_per_token(reloaded, 512)
+    with torch.no_grad():
+        speed = interleaved_speed(models, blocks, args.repeats)
+    lines = [f"device {base.device}, dtype {base.dtype}; {blocks.numel()} tokens (512-token windows), "
+             f"best of {args.repeats} interleaved runs; exported checkpoints re-loaded with "
+             "AutoModelForCausalLM.from_pretrained.", "",
+             "| model | params | forward tokens/s | speedup | FLOP reduction | speedup / FLOP reduction |",
+             "|---|---|---|---|---|---|"]
+    from studio.evaluation import parameter_count
+    for name, model in models.items():
+        speedup = speed[name] / speed["base"]
+        reduction = flops["base"] / flops[name]
+        ok = "" if name == "base" else (" ✓" if speedup >= SPEED_TARGET * reduction else " ✗")
+        lines.append(f"| {name} | {parameter_count(model) / 1e6:.1f}M | {speed[name]:.0f} | "
+                     f"{speedup:.2f}× | {reduction:.2f}× | {speedup / reduction:.2f}{ok} |")
+    lines.append(f"\n✓/✗: speedup ≥ {SPEED_TARGET} × FLOP reduction (FLOPs: every Linear + LM head + "
+                 "causal attention at 512 tokens).")
+    return lines
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_studio(workspace: Path, timeout: float = 300.0):
+    port = _free_port()
+    log = open(workspace.parent / f"studio-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port),
+                             "--workspace", str(workspace)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"studio exited early: {Path(log.name).read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"studio did not answer in {timeout}s")
+
+
+def preview_settings(mlp_ratio: float, reconstruct: bool, tokens: int) -> list:
+    """The 17 settings of /preview_pruning, in components.pruning_logic.SETTINGS order."""
+    return [mlp_ratio, 0.0, 0, "per-group", "block_influence", [], "activation", "activation",
+            reconstruct, 1, WIKI_VALID, 4096, WIKI_TEST, PUBMEDQA_TEST, True, True, tokens]
+
+
+def bare_forward_seconds(config_kwargs: dict, tokens: int, repeats: int) -> float:
+    """Best-of-N seconds of one forward pass of the applied (sliced) model over both preview sets."""
+    import torch
+
+    from studio.data import token_blocks
+    from studio.pruning import PruneConfig, apply
+    from studio.session import Session
+
+    session = Session(Path(tempfile.mkdtemp(prefix="tailor-bare-")), device=None)
+    base = session.load("default")
+    pruned = apply(session, PruneConfig(calib_source=WIKI_VALID, calib_tokens=4096, **config_kwargs))
+    block = min(512, tokens)
+    sets = [token_blocks(base.tokenizer, s, block, tokens) for s in (WIKI_TEST, PUBMEDQA_TEST)]
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for b in sets:
+                for i in range(0, b.shape[0], 2):
+                    pruned.model(input_ids=b[i:i + 2].to(pruned.device), use_cache=False)
+            best = min(best, time.perf_counter() - started)
+    session.unload("student")
+    return best
+
+
+def preview_latency(args) -> list[str]:
+    from gradio_client import Client
+
+    work = Path(tempfile.mkdtemp(prefix="tailor-preview-"))
+    proc, url = start_studio(work / "workspace")
+    rows = []
+    try:
+        client = Client(url, verbose=False)
+        for reconstruct in (True, False):
+            # warm-up: statistics, scores, Gram matrix and baselines are computed once per source
+            client.predict(*preview_settings(0.2, reconstruct, args.preview_tokens),
+                           api_name="/compute_importance")
+            client.predict(*preview_settings(0.2, reconstruct, args.preview_tokens),
+                           api_name="/preview_pruning")
+            for ratio in (0.3, 0.4):  # a slider move: new plan (+ refit), masked perplexity
+                times = []
+                for _ in range(args.preview_repeats):
+                    started = time.perf_counter()
+                    client.predict(*preview_settings(ratio, reconstruct, args.preview_tokens),
+                                   api_name="/preview_pruning")
+                    times.append(time.perf_counter() - started)
+                rows.append((ratio, reconstruct, times[0], statistics.median(times[1:] or times)))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    lines = [f"Preview through gradio_client ({args.preview_tokens} tokens of wikitext-2 test + "
+             f"{args.preview_tokens} of PubMedQA test), after /compute_importance; bare = best-of-3 "
+             "forward pass of the applied model over the same tokens, in this process.", "",
+             "| MLP fraction | refit | first preview (s) | repeat preview, median (s) | bare forward (s) "
+             "| first / bare | repeat / bare |", "|---|---|---|---|---|---|---|"]
+    for ratio, reconstruct, first, repeat in rows:
+        bare = bare_forward_seconds(dict(mlp_ratio=ratio, reconstruct=reconstruct),
+                                    args.preview_tokens, 3)
+        marks = [" ✓" if x / bare <= PREVIEW_TARGET else " ✗" for x in (first, repeat)]
+        lines.append(f"| {ratio:.0%} | {'on' if reconstruct else 'off'} | {first:.2f} | {repeat:.2f} | "
+                     f"{bare:.2f} | {first / bare:.2f}{marks[0]} | {repeat / bare:.2f}{marks[1]} |")
+    lines.append(f"\n✓/✗: preview ≤ {PREVIEW_TARGET} × the bare forward pass.")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=2048, help="tokens per speed measurement")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calib-tokens", type=int, default=4096)
+    parser.add_argument("--preview-tokens", type=int, default=512)
+    parser.add_argument("--preview-repeats", type=int, default=3)
+    parser.add_argument("--no-server", action="store_true", help="skip the gradio_client latency part")
+    parser.add_argument("--no-export", action="store_true", help="skip the exported-model speed part")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    if not args.no_export:
+        print("\n".join(export_speed(args)) + "\n")
+    if not args.no_server:
+        print("\n".join(preview_latency(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
