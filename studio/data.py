@@ -165,7 +165,7 @@ def load_documents(spec: str) -> tuple[list[str], str]:
     if spec == "builtin:python-docs":
         return _python_docs(), "\n\n"
     if spec.startswith("builtin:"):
-        raise DataSourceError(f"Unknown built-in source '{spec}'; the built-in one is builtin:python-docs.")
+        raise DataSourceError(f"Unknown built-in source '{spec}'; use builtin:python-docs (the only built-in one).")
     if spec.startswith("hf:"):
         return _hf_documents(spec[3:]), "\n\n"
     if spec.startswith("pubmedqa:"):
@@ -178,7 +178,8 @@ def load_documents(spec: str) -> tuple[list[str], str]:
     if path.suffix in TABLE_SUFFIXES:
         return _table_documents(path, field or None), "\n\n"
     if field:
-        raise DataSourceError(f"A field ('{field}') only applies to .jsonl/.json/.csv/.parquet files.")
+        raise DataSourceError(f"A field ('{field}') only applies to .jsonl/.json/.csv/.parquet files; "
+                              f"remove '#{field}' to use the whole text of {path.name}.")
     return _txt_documents(path), ""
 
 

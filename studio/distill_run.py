@@ -209,7 +209,10 @@ def gap_closed(before: float, after: float, teacher: float) -> float | None:
 
 
 def _last_checkpoint(out_dir: Path) -> Path | None:
-    found = [p for p in Path(out_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest complete checkpoint; one cut short by a kill (no trainer_state.json, which the
+    Trainer writes last) is skipped so a resume starts from the one before it."""
+    found = [p for p in Path(out_dir).glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 

@@ -81,7 +81,7 @@ class PruneConfig:
             chosen = self.layer_list or []
             bad = [i for i in chosen if not 0 <= int(i) < n_layers]
             if bad:
-                raise PruningError(f"Layers {bad} do not exist; the model has layers 0-{n_layers - 1}.")
+                raise PruningError(f"Layers {bad} do not exist; pick layers from 0 to {n_layers - 1}.")
             if len(set(chosen)) != self.layers:
                 raise PruningError(f"layers={self.layers} but the manual list {sorted(set(chosen))} "
                                    f"names {len(set(chosen))}; list exactly the layers to remove.")

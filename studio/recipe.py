@@ -95,7 +95,8 @@ def validate(doc) -> list[dict]:
         raise RecipeError("A recipe is a mapping with a 'steps' list; regenerate it from the studio.")
     extra = set(doc) - TOP_KEYS
     if extra:
-        raise RecipeError(f"Unknown recipe keys {sorted(extra)}; allowed are {sorted(TOP_KEYS)}.")
+        raise RecipeError(f"Unknown recipe keys {sorted(extra)}; remove them (allowed are "
+                          f"{sorted(TOP_KEYS)}).")
     if doc.get("studio_recipe", FORMAT) != FORMAT:
         raise RecipeError(f"Recipe format {doc.get('studio_recipe')} is not supported (this studio "
                           f"reads format {FORMAT}).")
@@ -114,14 +115,15 @@ def validate(doc) -> list[dict]:
         if name == "export" and i != len(steps) - 1:
             raise RecipeError(f"Step {i + 1} is 'export' but export must be the last step; move it.")
         if ORDER[name] < last_rank:
-            raise RecipeError(f"Step {i + 1} ('{name}') comes after a 'lora' step; prune and "
-                              "distill must come before lora (order: load, prune/distill, lora, export).")
+            raise RecipeError(f"Step {i + 1} ('{name}') comes after a 'lora' step; move it earlier, as "
+                              "prune and distill must come before lora "
+                              "(order: load, prune/distill, lora, export).")
         last_rank = max(last_rank, ORDER[name])
         keys = step_keys(name)
         unknown = set(step) - META_KEYS - keys if keys is not None else set()
         if unknown:
             raise RecipeError(f"Step {i + 1} ('{name}') has unknown settings {sorted(unknown)}; "
-                              f"allowed are {sorted(keys)}.")
+                              f"remove or rename them (allowed are {sorted(keys)}).")
     if "model" not in steps[0]:
         raise RecipeError("The 'load' step has no 'model'; add e.g. 'model: default'.")
     return steps

@@ -153,9 +153,9 @@ def adapter_for(model_or_config) -> ArchitectureAdapter:
     arch = ", ".join(getattr(config, "architectures", None) or []) or model_type
     hint = ""
     if model_type == "gemma3":
-        hint = " Load the text-only Gemma 3 checkpoint (model_type gemma3_text) instead."
+        hint = " (for Gemma 3, load the text-only checkpoint with model_type gemma3_text)"
     raise UnsupportedArchitectureError(
-        f"Architecture '{arch}' (model_type '{model_type}') is not supported; Tailor Studio prunes "
-        f"decoder-only models with a GLU MLP and separate q/k/v/o projections: "
-        f"{', '.join(supported_model_types())}.{hint}"
+        f"Architecture '{arch}' (model_type '{model_type}') is not supported; load a decoder-only "
+        f"model with a GLU MLP and separate q/k/v/o projections, one of "
+        f"{', '.join(supported_model_types())}{hint}."
     )

@@ -233,7 +233,7 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
                              "loaded; tick 'allow pickle' (--allow-pickle) if you trust it.")
     if not has_safe and not has_pickle:
         raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors); "
-                             "is the checkpoint complete?")
+                             "re-download the checkpoint or re-save it with save_pretrained.")
     if has_safe:
         _check_safetensors(folder)
 
