@@ -66,12 +66,14 @@ def create_tab(session: Session) -> dict:
         correction = gr.Number(0, label="Teacher correction steps", precision=0)
     with gr.Row():
         start = gr.Button("Start distillation", variant="primary")
-        stop = gr.Button("Stop", variant="stop")
+        stop = gr.Button("Stop", variant="stop", elem_id="distill-stop")
         resume = gr.Button("Resume")
-        job_id = gr.Textbox("", label="Job id", placeholder="latest distillation job")
-    progress = gr.HTML(progress_html(None))
+        job_id = gr.Textbox("", label="Job id", placeholder="latest distillation job",
+                            elem_id="distill-job-id")
+    progress = gr.HTML(progress_html(None), elem_id="distill-progress")
     with gr.Row():
-        loss_plot, ppl_plot = gr.Plot(label="Loss"), gr.Plot(label="Held-out perplexity")
+        loss_plot = gr.Plot(label="Loss", elem_id="distill-loss-plot")
+        ppl_plot = gr.Plot(label="Held-out perplexity")
     with gr.Row():
         lr_plot, grad_plot, speed_plot = gr.Plot(label="LR"), gr.Plot(label="Grad norm"), gr.Plot(label="Tokens/s")
     summary = gr.JSON(label="Result")

@@ -54,8 +54,8 @@ def create_tab(session) -> dict:
             role = gr.Dropdown(["working", "base", "student"], value="working", label="Model")
             overwrite = gr.Checkbox(False, label="Overwrite an existing folder")
         export_btn = gr.Button("Export (save, verify, card, recipe)", variant="primary")
-        verification = gr.JSON(label="Export and verification")
-        zip_file = gr.File(label="Zip download")
+        verification = gr.JSON(label="Export and verification", elem_id="export-verification")
+        zip_file = gr.File(label="Zip download", elem_id="export-zip")
         with gr.Row():
             repo = gr.Textbox(label="Hub repository (user/name)", scale=2)
             token = gr.Textbox(label="Hub write token", type="password", scale=2)

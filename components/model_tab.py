@@ -20,7 +20,7 @@ def create_tab(session: Session) -> dict:
         trust = gr.Checkbox(False, label="trust_remote_code (runs code from the checkpoint)")
         pickle = gr.Checkbox(False, label="allow pickle (.bin) weights")
         load = gr.Button("Load model", variant="primary")
-    summary = gr.JSON(label="Summary")
+    summary = gr.JSON(label="Summary", elem_id="model-summary")
     diagram = gr.Plot(label="Architecture")
     with gr.Accordion("Generate", open=True):
         with gr.Row():

@@ -43,7 +43,8 @@ def create_tab(session: Session) -> dict:
         compute = gr.Button("Compute importance", variant="primary", scale=1)
     with gr.Row():
         with gr.Column(scale=2):
-            mlp_ratio = gr.Slider(0, 0.9, value=0.0, step=0.05, label="MLP neurons removed (fraction)")
+            mlp_ratio = gr.Slider(0, 0.9, value=0.0, step=0.05, label="MLP neurons removed (fraction)",
+                                  elem_id="prune-mlp-ratio")
             head_ratio = gr.Slider(0, 0.9, value=0.0, step=0.05, label="Query heads removed (fraction)")
             head_mode = gr.Radio(["per-group", "groups"], value="per-group", label="Head mode",
                                  info="per-group: same number of query heads in every KV group; "
@@ -69,7 +70,8 @@ def create_tab(session: Session) -> dict:
                 use_domain = gr.Checkbox(bool(domain), label="on", scale=1, min_width=60)
             preview_tokens = gr.Number(logic.default_preview_tokens(session.device), precision=0,
                                        minimum=16, label="Preview tokens per set")
-            result_text = gr.Markdown("*Compute importance, then move a slider to preview.*")
+            result_text = gr.Markdown("*Compute importance, then move a slider to preview.*",
+                                      elem_id="prune-preview-text")
             bars = gr.Plot(empty_figure("Move a slider to preview"), label="Preview")
             with gr.Accordion("Details: importance job and last preview", open=False):
                 importance = gr.JSON(label="Importance")

@@ -3,6 +3,8 @@ perplexity curves and saving. Built on studio.importance (scores) and studio.sur
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -161,6 +163,9 @@ def compute_importance(session, config: PruneConfig, progress: Progress = null_p
     return out
 
 
+REFIT_CACHE_SIZE = 4  # recent slider settings; a live preview moves through many
+
+
 def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
              should_stop=lambda: False) -> tuple[PruningPlan, dict | None]:
     """(plan, refit weights or None) for the working model; the refit is cached per plan."""
@@ -172,11 +177,16 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
     key = ("prune-refit", loaded.fingerprint(), config.calib_source, config.calib_tokens,
            config.calib_block, config.seed, config.ridge,
            tuple(tuple(k.nonzero().flatten().tolist()) for _, k in sorted(plan.neuron_keep.items())))
-    if key not in session.cache:
+    refits = session.cache.setdefault("prune-refits", OrderedDict())
+    if key in refits:
+        refits.move_to_end(key)
+    else:
         stats = calibration_stats(session, config.calib_source, config.calib_tokens,
                                   config.calib_block, config.seed, with_gram=True)
-        session.cache[key] = refit_weights(loaded, plan, stats.gram, config.ridge)
-    return plan, session.cache[key]
+        refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge)
+        while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
+            refits.popitem(last=False)
+    return plan, refits[key]
 
 
 def _baseline(session, loaded: LoadedModel, name: str, blocks: torch.Tensor) -> float:
