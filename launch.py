@@ -79,5 +79,45 @@ def main(argv=None) -> int:
     return 0
 
 
+def spawn(workspace, *extra: str, timeout: float = 300.0):
+    """Start the studio in a subprocess on a free loopback port; (process, url, log path) once it
+    answers HTTP. Tests and benchmarks share this one launcher."""
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workspace = Path(workspace)
+    workspace.parent.mkdir(parents=True, exist_ok=True)
+    log_path = workspace.parent / f"studio-{port}.log"
+    root = Path(__file__).resolve().parent
+    proc = subprocess.Popen([sys.executable, str(root / "launch.py"), "--port", str(port),
+                             "--workspace", str(workspace), *extra],
+                            cwd=root, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"studio exited early: {log_path.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url, log_path
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:  # started with --auth: up, and refusing strangers
+                return proc, url, log_path
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"studio did not answer in {timeout}s: {log_path.read_text()[-2000:]}")
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

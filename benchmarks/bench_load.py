@@ -13,50 +13,26 @@ latency percentiles as a markdown table; exit status 1 when a check fails.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 BUILTIN = "builtin:python-docs"
 # (mlp fraction, query-head fraction): the settings the clients move between
 SETTINGS = [(0.0, 0.0), (0.1, 0.0), (0.2, 0.0), (0.3, 0.0), (0.5, 0.0), (0.2, 0.25), (0.0, 0.5),
             (0.4, 0.25)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_studio(workspace: Path, timeout: float = 600.0):
+    import launch
 
-
-def start_studio(workspace: Path, timeout: float = 600.0) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    log_path = workspace.parent / f"studio-{port}.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port),
-                             "--workspace", str(workspace)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"studio exited early: {log_path.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return proc, url, log_path
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"studio did not answer in {timeout}s: {log_path.read_text()[-2000:]}")
+    return launch.spawn(workspace, timeout=timeout)
 
 
 def rss_mib(pid: int) -> float:

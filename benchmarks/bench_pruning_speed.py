@@ -8,14 +8,11 @@ Targets (issue 8): speedup ≥ 0.9 × FLOP reduction; preview ≤ 1.3 × the bar
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,30 +95,11 @@ def export_speed(args) -> list[str]:
     return lines
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_studio(workspace: Path, timeout: float = 300.0):
-    port = _free_port()
-    log = open(workspace.parent / f"studio-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port),
-                             "--workspace", str(workspace)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"studio exited early: {Path(log.name).read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"studio did not answer in {timeout}s")
+    import launch
+
+    proc, url, _ = launch.spawn(workspace, timeout=timeout)
+    return proc, url
 
 
 def preview_settings(mlp_ratio: float, reconstruct: bool, tokens: int) -> list:

@@ -3,10 +3,7 @@ once; one real studio server (subprocess) serves every gradio_client test."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,36 +71,12 @@ def tiny_session(tmp_path, tiny_dir):
     return make
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_studio(workspace: Path, *extra: str, timeout: float = 240.0):
     """Start launch.py in a subprocess; return (process, url) once it answers HTTP."""
-    import urllib.request
+    import launch
 
-    port = free_port()
-    log = open(workspace.parent / f"studio-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port),
-                             "--workspace", str(workspace), *extra],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"studio exited early: {Path(log.name).read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return proc, url
-        except OSError as exc:
-            if getattr(exc, "code", None) == 401:
-                return proc, url
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"studio did not answer in {timeout}s: {Path(log.name).read_text()[-2000:]}")
+    proc, url, _ = launch.spawn(workspace, *extra, timeout=timeout)
+    return proc, url
 
 
 @pytest.fixture(scope="session")
