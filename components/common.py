@@ -49,3 +49,23 @@ def wait_for_job(job: Job, progress: gr.Progress | None = None, poll: float = 0.
 def number(value, default=None, cast=float):
     """Gradio sends None for an emptied number box; fall back to the default."""
     return default if value is None or value == "" else cast(value)
+
+
+def latest_job(session, job_id: str = "", prefix: str = ""):
+    """The job named in the box, else the newest job whose name starts with prefix (or None)."""
+    if job_id:
+        return session.jobs.get(job_id.strip())
+    jobs = [j for j in session.jobs.jobs.values() if j.name.startswith(prefix)]
+    return jobs[-1] if jobs else None
+
+
+def job_progress_html(job, nothing_yet: str) -> str:
+    """A progress bar with status, elapsed time, ETA, message and any error of one job."""
+    if job is None:
+        return f"<i>{nothing_yet}</i>"
+    info = job.to_dict()
+    eta = f" · ETA {info['eta_s']:.0f}s" if info["eta_s"] is not None else ""
+    error = f" · {info['error']}" if info["error"] else ""
+    return (f"<div><progress value='{info['progress']:.4f}' max='1' style='width:100%'></progress>"
+            f"<br><b>{job.name}</b> ({job.id}): {info['status']} · {info['progress'] * 100:.0f}%"
+            f" · {info['elapsed_s']:.0f}s elapsed{eta} · {info['message']}{error}</div>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from components.common import number, ui_errors
+from components.common import number, ui_errors, job_progress_html, latest_job
 from studio.distill import DTYPES, DistillConfig, latest_run, run_state, start_distillation
 from studio.distill_loss import KL_KINDS
 from studio.figures.training import training_figures
@@ -23,21 +23,11 @@ def charts_for(session: Session, run_name: str | None = None) -> tuple[str | Non
 
 
 def distill_job(session: Session, job_id: str = ""):
-    """The job named in the box, else the newest distillation job of this session (or None)."""
-    if job_id:
-        return session.jobs.get(job_id.strip())
-    jobs = [j for j in session.jobs.jobs.values() if j.name.startswith("distill ")]
-    return jobs[-1] if jobs else None
+    return latest_job(session, job_id, "distill ")
 
 
 def progress_html(job) -> str:
-    if job is None:
-        return "<i>No distillation job in this session yet.</i>"
-    info = job.to_dict()
-    eta = f" · ETA {info['eta_s']:.0f}s" if info["eta_s"] is not None else ""
-    return (f"<div><progress value='{info['progress']:.4f}' max='1' style='width:100%'></progress>"
-            f"<br><b>{job.name}</b> ({job.id}): {info['status']} · {info['progress'] * 100:.0f}%"
-            f" · {info['elapsed_s']:.0f}s elapsed{eta} · {info['message']}</div>")
+    return job_progress_html(job, "No distillation job in this session yet.")
 
 
 def create_tab(session: Session) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from components.common import number, ui_errors
+from components.common import number, ui_errors, job_progress_html, latest_job
 from studio.errors import JobError
 from studio.figures import metrics_figure
 from studio.figures.training import loss_figure
@@ -23,21 +23,11 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 
 def lora_job(session: Session, job_id: str = ""):
-    if job_id:
-        return session.jobs.get(job_id.strip())
-    jobs = [j for j in session.jobs.jobs.values() if j.name.startswith("lora ")]
-    return jobs[-1] if jobs else None
+    return latest_job(session, job_id, "lora ")
 
 
 def status_html(job) -> str:
-    if job is None:
-        return "<i>No LoRA job in this session yet.</i>"
-    info = job.to_dict()
-    eta = f" · ETA {info['eta_s']:.0f}s" if info["eta_s"] is not None else ""
-    error = f" · {info['error']}" if info["error"] else ""
-    return (f"<div><progress value='{info['progress']:.4f}' max='1' style='width:100%'></progress>"
-            f"<br><b>{job.name}</b> ({job.id}): {info['status']} · {info['progress'] * 100:.0f}%"
-            f" · {info['elapsed_s']:.0f}s elapsed{eta} · {info['message']}{error}</div>")
+    return job_progress_html(job, "No LoRA job in this session yet.")
 
 
 def comparison(result: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
