@@ -61,6 +61,14 @@ def page(studio_server):
             page.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)
             context.close()
             browser.close()
+            _leave_the_base_loaded(studio_server["url"])
+
+
+def _leave_the_base_loaded(url: str) -> None:
+    """The server is shared: drop the student this flow made, so later tests start from the base."""
+    from gradio_client import Client
+
+    Client(url, verbose=False).predict(api_name="/discard_student")
 
 
 def shot(page, name: str) -> None:
