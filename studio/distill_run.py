@@ -131,6 +131,8 @@ def run(teacher, student, cfg, out_dir: Path, job=None, progress: Progress = nul
         raise TrainingError(f"No checkpoint to resume from in {out_dir}; start a new run instead.")
     student_dtype = cfg.torch_dtype(student.dtype)
     student.model.to(student_dtype)
+    # a student copied from the base inherits the teacher's frozen flags of an earlier run
+    student.model.requires_grad_(True)
     args = training_arguments(cfg, out_dir, student.device, student_dtype)
     main = args.process_index == 0
     metric_log = MetricLog(out_dir / METRICS_FILE)

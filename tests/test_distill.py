@@ -179,3 +179,19 @@ def test_stop_then_resume_continues_the_schedule(tmp_path, tiny_dir, student_dir
     assert step["step"] == "distill" and step["alpha"] == 0.6 and step["completed_steps"] == 6
     assert whole.get(STUDENT).history[-1]["step"] == "distill"
     assert callable(replay_step)
+
+
+def test_second_run_on_a_fresh_copy_of_the_base_trains(tmp_path, tiny_dir):
+    """The first run freezes the base (it is the teacher); a student copied from it afterwards
+    must still train (regression: 'element 0 of tensors does not require grad')."""
+    session = Session(tmp_path / "ws", device="cpu")
+    session.load(str(tiny_dir("llama")))
+    first = distill(session, small_config(run_name="first", steps=1, eval_every=0))
+    assert first["steps"] == 1
+    assert not any(p.requires_grad for p in session.get("base").model.parameters())
+    session.unload(STUDENT)
+    before = [p.detach().clone() for p in session.copy_of("base").model.parameters()]
+    second = distill(session, small_config(run_name="second", steps=3, eval_every=0))
+    assert second["steps"] == 3  # step 1 is warm-up at learning rate 0
+    after = list(session.get(STUDENT).model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
