@@ -32,14 +32,16 @@ def build_app(session: Session) -> gr.Blocks:
             with gr.Column(scale=4):
                 with gr.Tabs():
                     for label, module_name in TABS:
-                        with gr.Tab(label, id=module_name.split(".")[-1]):
+                        with gr.Tab(label, id=module_name.split(".")[-1]) as tab:
                             elements.update(importlib.import_module(module_name).create_tab(session))
+                        elements[f"tab.{module_name.split('.')[-1]}"] = tab
             with gr.Column(scale=1, min_width=300):
                 elements.update(create_panel(session))
-        if "model.describe" in elements:  # show the preloaded model on page load
-            demo.load(elements["model.describe"], None,
-                      [elements["model.summary"], elements["model.diagram"]],
-                      api_visibility="private")
+        if "model.describe" in elements:  # on page load, and on return after a prune or merge
+            model_view = [elements["model.summary"], elements["model.diagram"]]
+            demo.load(elements["model.describe"], None, model_view, api_visibility="private")
+            elements["tab.model_tab"].select(elements["model.describe"], None, model_view,
+                                             api_visibility="private")
         demo.load(elements["panel.refresh"], None,
                   [elements["panel.overview"], elements["panel.jobs"]], api_visibility="private")
     demo.studio_elements = elements

@@ -179,6 +179,11 @@ def test_whole_flow_in_the_browser(page, studio_server):
     params = re.search(r"student has\s+([\d.]+)M parameters\s+\(was\s+([\d.]+)M", applied)
     assert params and float(params.group(1)) < float(params.group(2)), applied
     shot(page, "04-applied")
+    tab(page, "Model")  # the summary follows the working model (the student now)
+    width = wait_for(page, lambda: (m := re.search(r"glu_width\W+(\d+)", text(page, "#model-summary")))
+                     and int(m.group(1)) < 1536 and int(m.group(1)),
+                     "the Model tab to show the student's width", timeout_s=60)
+    assert abs(width - 1536 * (1 - ratio)) <= 1, (width, ratio)
 
     # 5. a short distillation: the loss chart draws, then Stop (or it has finished)
     tab(page, "Distillation")
