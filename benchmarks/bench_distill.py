@@ -62,7 +62,7 @@ def run_optipfair(student, teacher, train_blocks, args) -> tuple[dict, float]:
         [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in train_blocks[:args.steps * args.batch]],
         batch_size=args.batch, shuffle=True, generator=g)
     started = time.time()
-    distill_model(student, teacher, loader, alpha=0.6, beta=0.4, temperature=2.0, epochs=1,
+    distill_model(student, teacher, loader, alpha=0.6, beta=0.4, temperature=2.0, epochs=1,  # its defaults
                   learning_rate=args.lr, accumulation_steps=1, warmup_ratio=0.05, show_progress=False)
     return {}, time.time() - started
 
@@ -99,7 +99,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--alpha", type=float, default=0.6)
     parser.add_argument("--beta", type=float, default=0.4)
+    parser.add_argument("--gamma", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--kl", default="forward")
+    parser.add_argument("--method", default="activation", help="pruning importance method")
+    parser.add_argument("--calib-tokens", type=int, default=4096)
     parser.add_argument("--mlp-ratio", type=float, default=0.3)
     parser.add_argument("--calib", default=str(DATA / "wikitext-2" / "valid.txt"),
                         help="pruning calibration text (default: the training text, so no eval text leaks)")
@@ -117,7 +121,8 @@ def main() -> None:
     session = Session(work, device=None)
     session.load("default", dtype="float32")
     teacher = session.get("base")
-    apply(session, PruneConfig(mlp_ratio=args.mlp_ratio, calib_source=args.calib))
+    apply(session, PruneConfig(mlp_ratio=args.mlp_ratio, method=args.method, calib_source=args.calib,
+                               calib_tokens=args.calib_tokens))
     pruned_copy = copy.deepcopy(session.get(STUDENT).model)
     sets = eval_sets(teacher.tokenizer, args.eval_tokens, args.eval_window)
     result = {"settings": vars(args), "device": str(session.device),
@@ -126,7 +131,8 @@ def main() -> None:
 
     config = DistillConfig(data=str(DATA / "wikitext-2" / "valid.txt"), steps=args.steps,
                            batch=args.batch, block=args.block, lr=args.lr, alpha=args.alpha,
-                           beta=args.beta, kl=args.kl, eval_every=0, save_every=10 ** 6,
+                           beta=args.beta, gamma=args.gamma, temperature=args.temperature,
+                           kl=args.kl, eval_every=0, save_every=10 ** 6,
                            run_name="bench")
     summary = run(teacher, session.get(STUDENT), config, work / "distill" / "bench")
     result["studio_seconds"] = summary["seconds"]
@@ -166,7 +172,9 @@ def markdown(result: dict) -> str:
         cells += ["n/a" if gaps[w][name] is None else f"{gaps[w][name] * 100:.0f}%" for w in gaps]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     s = result["settings"]
-    lines.append(f"\n{s['steps']} steps × {s['batch']}×{s['block']} tokens, lr {s['lr']}, "
+    lines.append(f"\n{s['steps']} steps × {s['batch']}×{s['block']} tokens, lr {s['lr']}, studio loss "
+                 f"α {s['alpha']} β {s['beta']} γ {s['gamma']} T {s['temperature']} KL {s['kl']}, "
+                 f"pruned by {s['method']} on {s['calib_tokens']} calibration tokens, "
                  f"MLP pruned {s['mlp_ratio']:.0%}, device {result['device']}; studio "
                  f"{result['studio_seconds']}s, optiPfair {result.get('optipfair_seconds', 'n/a')}s")
     if "overhead" in result:
