@@ -111,52 +111,6 @@ def act_x_weight(ctx: ImportanceContext) -> torch.Tensor:
     return x_norm * w_norm
 
 
-OBS_RIDGE = 0.3      # the refit's default regulariser (relative to mean diag G)
-OBS_STEP = 0.05      # fraction of the width removed per round
-OBS_FLOOR = 0.25     # stop iterating below this kept fraction; the rest ranks one-shot
-
-
-def _obs_order(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """Ranks (higher = kept longer) from greedy removal by the error a least-squares refit
-    cannot compensate: ‖W_K[:, i]‖² / [H_K⁻¹]_ii with H = G + λI (Optimal Brain Surgeon, each
-    row of W an output), removing OBS_STEP of the width per round. Each round updates the refit
-    weights and H_K⁻¹ by the block-OBS (Schur complement) formulas instead of re-solving."""
-    width = gram.shape[0]
-    h = gram.to(torch.float64)
-    h = h + OBS_RIDGE * h.diagonal().mean().clamp_min(1e-12) * torch.eye(width, dtype=h.dtype)
-    h_inv = torch.linalg.inv(h)
-    fitted = weight.to(torch.float64)   # the refit on the full set is W itself
-    keep = torch.arange(width)
-    rank = torch.zeros(width, dtype=torch.float64)
-    step, floor, removed = max(1, round(width * OBS_STEP)), max(1, round(width * OBS_FLOOR)), 0
-    while len(keep) - step >= floor:
-        score = fitted.pow(2).sum(0) / h_inv.diagonal()
-        order = score.argsort()
-        drop, stay = order[:step], order[step:].sort().values
-        rank[keep[drop]] = removed + torch.arange(step, dtype=torch.float64)
-        solve = torch.linalg.inv(h_inv[drop][:, drop]) @ h_inv[drop][:, stay]   # [r, k]
-        fitted = fitted[:, stay] - fitted[:, drop] @ solve
-        h_inv = h_inv[stay][:, stay] - h_inv[stay][:, drop] @ solve
-        keep, removed = keep[stay], removed + step
-    score = fitted.pow(2).sum(0) / h_inv.diagonal()
-    rank[keep[score.argsort()]] = removed + torch.arange(len(keep), dtype=torch.float64)
-    return rank
-
-
-def obs(ctx: ImportanceContext) -> torch.Tensor:
-    """Refit-aware (OBS): greedily drop the neurons whose output the refit of down_proj best
-    reconstructs from the others; pairs with the reconstruction (on by default)."""
-    gram = ctx.stats().gram
-    if gram is None:
-        raise ValueError("The 'obs' method needs the calibration Gram matrix.")
-    out = []
-    for n, (_, _, down) in enumerate(_glu(ctx)):
-        ctx.check_stop()
-        ctx.progress(n / gram.shape[0], f"OBS ranking: layer {n + 1}/{gram.shape[0]}")
-        out.append(_obs_order(down.cpu(), gram[n]).float())
-    return torch.stack(out)
-
-
 def taylor(ctx: ImportanceContext) -> torch.Tensor:
     """First-order Taylor: Σ over calibration tokens of |activation · ∂loss/∂activation|."""
     loaded = ctx.loaded
@@ -206,7 +160,7 @@ def taylor(ctx: ImportanceContext) -> torch.Tensor:
 
 
 NEURON_METHODS: dict[str, Callable] = {
-    "activation": activation, "act_x_weight": act_x_weight, "obs": obs, "taylor": taylor,
+    "activation": activation, "act_x_weight": act_x_weight, "taylor": taylor,
     "ppm": ppm, "maw": maw, "vow": vow, "pon": pon, "l2": l2,
 }
 
@@ -345,9 +299,8 @@ LAYER_METHODS: dict[str, Callable] = {
     "ppl": ppl_increase, "manual": manual,
 }
 
-DATA_METHODS = {"activation", "act_x_weight", "obs", "taylor", "block_influence", "iterative_influence", "ppl"}
-EXPENSIVE_METHODS = {"taylor", "obs", "iterative_influence", "ppl"}
-GRAM_METHODS = {"obs"}  # need the Gram matrix of down_proj inputs
+DATA_METHODS = {"activation", "act_x_weight", "taylor", "block_influence", "iterative_influence", "ppl"}
+EXPENSIVE_METHODS = {"taylor", "iterative_influence", "ppl"}
 
 
 def method_needs_data(name: str) -> bool:

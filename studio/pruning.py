@@ -15,8 +15,8 @@ import torch
 from studio.data import token_blocks
 from studio.errors import PruningError
 from studio.evaluation import parameter_count, perplexity
-from studio.importance import (EXPENSIVE_METHODS, GRAM_METHODS, HEAD_METHODS, LAYER_METHODS,
-                               NEURON_METHODS, ImportanceContext, ImportanceScores, method_needs_data)
+from studio.importance import (EXPENSIVE_METHODS, HEAD_METHODS, LAYER_METHODS, NEURON_METHODS,
+                               ImportanceContext, ImportanceScores, method_needs_data)
 from studio.models.loading import LoadedModel
 from studio.progress import Progress, null_progress, scaled
 from studio.stats import calibration_stats
@@ -131,8 +131,7 @@ def compute_importance(session, config: PruneConfig, progress: Progress = null_p
 
     def stats():
         return calibration_stats(session, config.calib_source, config.calib_tokens,
-                                 config.calib_block, config.seed,
-                                 with_gram=config.uses_refit() or config.method in GRAM_METHODS,
+                                 config.calib_block, config.seed, with_gram=config.uses_refit(),
                                  progress=scaled(progress, 0.0, 0.5), should_stop=should_stop)
 
     def blocks():

@@ -109,30 +109,3 @@ def test_width_and_head_rounding_rules():
     layout = HeadLayout(9, 3, 64)
     assert kept_layout(layout, 576, 1 / 3, "per-group") == HeadLayout(6, 3, 64)
     assert kept_layout(layout, 576, 1 / 3, "groups") == HeadLayout(6, 2, 64)
-
-
-def test_obs_ranking_matches_brute_force_refit_errors():
-    """The OBS method's block updates pick, round after round, the neurons whose removal the
-    ridge refit compensates best, exactly as re-solving the refit for every candidate would."""
-    from studio.importance import OBS_RIDGE, OBS_STEP, _obs_order
-
-    torch.manual_seed(0)
-    x = torch.randn(2048, 64, dtype=torch.float64) @ torch.randn(64, 64, dtype=torch.float64)
-    gram, w = x.T @ x / x.shape[0], torch.randn(16, 64, dtype=torch.float64)
-    h = gram + OBS_RIDGE * gram.diagonal().mean() * torch.eye(64, dtype=torch.float64)
-
-    def refit_error(keep):  # ‖(W − W'_K) ‖ in the H metric, W'_K the refit on `keep`
-        fitted = w @ h[:, keep] @ torch.linalg.inv(h[keep][:, keep])
-        err = w.clone()
-        err[:, keep] -= fitted
-        return float(torch.einsum("di,ij,dj->", err, h, err))
-
-    rank = _obs_order(w, gram)
-    assert sorted(rank.tolist()) == list(range(64))
-    step, kept = round(64 * OBS_STEP), list(range(64))
-    for _ in range(4):
-        errors = torch.tensor([refit_error([j for j in kept if j != i]) for i in kept])
-        expected = sorted(kept[i] for i in errors.argsort()[:step].tolist())
-        removed_now = sorted(i for i in kept if rank[i] < 64 - len(kept) + step)
-        assert removed_now == expected
-        kept = [i for i in kept if i not in expected]
