@@ -31,7 +31,7 @@ RATIOS = (0.2, 0.3, 0.4)
 WIKI_TARGET = {0.2: 35.7, 0.3: 42.2, 0.4: 53.4}
 DEPTH_WIKI_TARGET = 40.0
 OPTIPFAIR_HINT = ".venv/bin/pip install --no-deps optipfair==0.4.2"
-DATA_METHODS = ("activation", "act_x_weight", "taylor")
+DATA_METHODS = ("activation_mix", "activation", "act_x_weight", "taylor")  # refit rows (and slice rows without --quick)
 STATIC_METHODS = ("ppm",)
 DEPTH_METHODS = ("block_influence", "iterative_influence", "ppl")
 

@@ -15,7 +15,6 @@ from components.common import number, ui_errors, wait_for_job
 from studio import activations as act
 from studio.errors import StudioError
 from studio.figures import activations as figs
-from studio.figures import empty_figure
 from studio.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,6 +12,7 @@ import gradio as gr
 from components import pruning_logic as logic
 from components.common import ui_errors, wait_for_job
 from studio import pruning as engine
+from studio.pruning import DEFAULT_NEURON_METHOD
 from studio.data import token_blocks
 from studio.errors import PruningError
 from studio.evaluation import parameter_count, perplexity
@@ -97,7 +98,7 @@ class Handlers:
     # -- preview ----------------------------------------------------------------------------
     @ui_errors
     def preview_pruning(self, mlp_ratio=0.0, head_ratio=0.0, layers=0, head_mode="per-group",
-                        layer_method="block_influence", manual_layers=None, method="activation",
+                        layer_method="block_influence", manual_layers=None, method=DEFAULT_NEURON_METHOD,
                         head_method="activation", reconstruct=True, multiple_of=1,
                         calib_source=logic.BUILTIN, calib_tokens=4096, general_source=None,
                         domain_source=None, use_general=True, use_domain=True, preview_tokens=None):
@@ -177,7 +178,7 @@ class Handlers:
     def pruning_curve(self, values: dict, ratios: str, progress=None):
         """Perplexity vs MLP fraction for the chosen method on the preview sets (a job); after the
         settings comes the comma-separated list of fractions. Returns a list of rows."""
-        return self._curves(values, ratios, [values.get("method") or "activation"], progress)
+        return self._curves(values, ratios, [values.get("method") or DEFAULT_NEURON_METHOD], progress)
 
     @ui_errors
     def compare_methods(self, values: dict, ratios: str, methods: list, progress=None):

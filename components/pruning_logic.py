@@ -11,6 +11,7 @@ from pathlib import Path
 
 from components.common import number
 from studio.errors import PruningError
+from studio.pruning import DEFAULT_NEURON_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def build_config(engine, values: dict):
         head_ratio=_fraction(values.get("head_ratio"), "head"),
         head_mode=values.get("head_mode") or "per-group", layers=int(layers),
         layer_method=layer_method, layer_list=manual if layer_method == "manual" else None,
-        method=values.get("method") or "activation",
+        method=values.get("method") or DEFAULT_NEURON_METHOD,
         head_method=values.get("head_method") or "activation",
         reconstruct=bool(values.get("reconstruct")), multiple_of=multiple_of,
         calib_source=(values.get("calib_source") or BUILTIN).strip(), calib_tokens=calib_tokens,

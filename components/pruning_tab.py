@@ -12,6 +12,7 @@ import gradio as gr
 
 from components import pruning_logic as logic
 from studio.figures import empty_figure
+from studio.pruning import DEFAULT_NEURON_METHOD
 from studio.session import Session
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def create_tab(session: Session) -> dict:
                                    label="Calibration source",
                                    info="builtin:python-docs, a file (.txt/.jsonl/...), pubmedqa:PATH:train, hf:NAME")
         calib_tokens = gr.Number(4096, label="Calibration tokens", precision=0, minimum=16, scale=1)
-        method = gr.Dropdown(list(NEURON_METHODS), value="activation", label="Neuron method", scale=1)
+        method = gr.Dropdown(list(NEURON_METHODS), value=DEFAULT_NEURON_METHOD, label="Neuron method", scale=1)
         head_method = gr.Dropdown(list(HEAD_METHODS), value="activation", label="Head method", scale=1)
         compute = gr.Button("Compute importance", variant="primary", scale=1)
     with gr.Row():
@@ -86,7 +87,7 @@ def create_tab(session: Session) -> dict:
     with gr.Accordion("Perplexity vs fraction pruned", open=False):
         with gr.Row():
             ratios = gr.Textbox("0, 0.1, 0.2, 0.3, 0.4, 0.5", label="MLP fractions", scale=2)
-            compare_methods = gr.CheckboxGroup(list(NEURON_METHODS), value=["activation", "l2", "ppm"],
+            compare_methods = gr.CheckboxGroup(list(NEURON_METHODS), value=[DEFAULT_NEURON_METHOD, "activation", "ppm"],
                                                label="Methods to compare", scale=3)
         with gr.Row():
             curve_btn = gr.Button("Curve for the chosen method")

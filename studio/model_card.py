@@ -49,7 +49,7 @@ def svg_bar_chart(title: str, labels: list[str], values: list[float], unit: str 
     peak = max([abs(v) for v in values] + [1e-12])
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="12">',
-             f'<rect width="100%" height="100%" fill="white"/>',
+             '<rect width="100%" height="100%" fill="white"/>',
              f'<text x="8" y="20" font-size="14" font-weight="bold">{html.escape(title)}</text>']
     colors = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2"]
     for i, (label, value) in enumerate(zip(labels, values)):

@@ -26,6 +26,7 @@ from studio.surgery import (PruningPlan, apply_plan, kept_layout, kept_width, la
 log = logging.getLogger(__name__)
 
 DEFAULT_RIDGE = 0.3
+DEFAULT_NEURON_METHOD = "activation_mix"
 
 __all__ = ["PruneConfig", "NEURON_METHODS", "HEAD_METHODS", "LAYER_METHODS", "method_needs_data",
            "ImportanceScores", "PruningPlan", "compute_importance", "make_plan", "plan_for",
@@ -40,7 +41,7 @@ class PruneConfig:
     layers: int = 0
     layer_method: str = "block_influence"
     layer_list: list[int] | None = None
-    method: str = "activation"
+    method: str = DEFAULT_NEURON_METHOD
     head_method: str = "activation"
     reconstruct: bool = True
     ridge: float = DEFAULT_RIDGE

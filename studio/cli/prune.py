@@ -7,7 +7,7 @@ from studio.cli._common import add_model_arguments, open_session, positive_int
 from studio.evaluation import parameter_count, perplexity
 from studio.importance import HEAD_METHODS, LAYER_METHODS, NEURON_METHODS
 from studio.progress import scaled
-from studio.pruning import DEFAULT_RIDGE, PruneConfig, _calib_blocks, apply, preview, save_pruned
+from studio.pruning import DEFAULT_NEURON_METHOD, DEFAULT_RIDGE, PruneConfig, _calib_blocks, apply, preview, save_pruned
 
 NAME = "prune"
 
@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", type=int, default=0, help="number of decoder layers removed")
     parser.add_argument("--layer-method", choices=list(LAYER_METHODS), default="block_influence")
     parser.add_argument("--layer-list", default="", help="with --layer-method manual: e.g. 25,13,14")
-    parser.add_argument("--method", choices=list(NEURON_METHODS), default="activation")
+    parser.add_argument("--method", choices=list(NEURON_METHODS), default=DEFAULT_NEURON_METHOD)
     parser.add_argument("--reconstruct", action="store_true", default=True,
                         help="least-squares refit of down_proj (default on)")
     parser.add_argument("--no-reconstruct", dest="reconstruct", action="store_false")
