@@ -120,7 +120,7 @@ def test_pruning_curve_rises_with_the_fraction(client, importance):
     rows = client.predict(**{**FAST, "use_domain": False, "reconstruct": False},
                           ratios="0, 0.3", api_name="/pruning_curve")
     assert [(r["ratio"], r["set"], r["method"]) for r in rows] == [
-        (0.0, "general", "activation"), (0.3, "general", "activation")]
+        (0.0, "general", "activation_mix"), (0.3, "general", "activation_mix")]  # the default method
     assert rows[1]["perplexity"] > rows[0]["perplexity"] and rows[1]["params"] < rows[0]["params"]
 
 
