@@ -57,7 +57,9 @@ def create_tab(session: Session) -> dict:
                 manual_layers = gr.CheckboxGroup([(f"L{i}", i) for i in range(n_layers)], value=[],
                                                  show_label=False)
             with gr.Row():
-                reconstruct = gr.Checkbox(True, label="Reconstruct down_proj (least squares)")
+                reconstruct = gr.Checkbox(True, label="Reconstruct down_proj (least squares)",
+                                          info="refit after removing neurons; before removed layers, "
+                                               "absorb a linear stand-in for them")
                 multiple_of = gr.Number(1, label="Width multiple of", precision=0, minimum=1)
         with gr.Column(scale=3):
             with gr.Row():

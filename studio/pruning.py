@@ -20,8 +20,8 @@ from studio.importance import (EXPENSIVE_METHODS, HEAD_METHODS, LAYER_METHODS, N
 from studio.models.loading import LoadedModel
 from studio.progress import Progress, null_progress, scaled
 from studio.stats import calibration_stats
-from studio.surgery import (PruningPlan, apply_plan, kept_layout, kept_width, layer_matmul_params,
-                            make_plan, masked, planned_params, refit_weights)
+from studio.surgery import (PruningPlan, apply_plan, depth_cross, kept_layout, kept_width,
+                            layer_matmul_params, make_plan, masked, planned_params, refit_weights)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class PruneConfig:
         return bool(self.calib_source) and self.calib_tokens > 0
 
     def uses_refit(self) -> bool:
-        return self.reconstruct and self.mlp_ratio > 0 and self.has_data()
+        """Least-squares refit of down_proj: for pruned neurons, and for the layer before each
+        run of removed layers (the depth refit)."""
+        return self.reconstruct and (self.mlp_ratio > 0 or self.layers > 0) and self.has_data()
 
     def validate(self, loaded: LoadedModel) -> None:
         """PruningError (one sentence, the offending values) for any setting that cannot work."""
@@ -173,10 +175,10 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
     loaded = session.working()
     scores = compute_importance(session, config, progress, should_stop)
     plan = make_plan(loaded, scores, config)
-    if not (config.uses_refit() and plan.neuron_keep):
+    if not (config.uses_refit() and (plan.neuron_keep or plan.drop_layers)):
         return plan, None
     key = ("prune-refit", loaded.fingerprint(), config.calib_source, config.calib_tokens,
-           config.calib_block, config.seed, config.ridge,
+           config.calib_block, config.seed, config.ridge, tuple(sorted(plan.drop_layers)),
            tuple(tuple(k.nonzero().flatten().tolist()) for _, k in sorted(plan.neuron_keep.items())))
     refits = session.cache.setdefault("prune-refits", OrderedDict())
     if key in refits:
@@ -184,7 +186,12 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
     else:
         stats = calibration_stats(session, config.calib_source, config.calib_tokens,
                                   config.calib_block, config.seed, with_gram=True)
-        refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge)
+        cross = {}
+        if plan.drop_layers:
+            blocks = _calib_blocks(session, loaded, config.calib_source, config.calib_tokens,
+                                   config.calib_block, config.seed)
+            cross = depth_cross(loaded, blocks, plan.drop_layers)
+        refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge, cross)
         while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
             refits.popitem(last=False)
     return plan, refits[key]

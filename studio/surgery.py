@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from studio.errors import PruningError
-from studio.hooks import pruning_masks
+from studio.hooks import hooks, pruning_masks
 from studio.models.adapters import HeadLayout
 from studio.models.loading import LoadedModel
 
@@ -128,10 +128,13 @@ def make_plan(loaded: LoadedModel, scores, config) -> PruningPlan:
 
 
 # -- least-squares refit -------------------------------------------------------------------
-def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float) -> torch.Tensor:
+def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float,
+               cross: torch.Tensor | None = None) -> torch.Tensor:
     """down_proj columns for the kept neurons that best reproduce the full layer output on the
-    calibration activations: argmin ‖X Wᵀ − X_k W'ᵀ‖² + λ‖W' − W[:, k]‖², i.e.
-    W' = (W G[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G[k, k].
+    calibration activations: argmin ‖X Wᵀ + Δ − X_k W'ᵀ‖² + λ‖W' − W[:, k]‖², i.e.
+    W' = (W G[:, k] + C[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G[k, k].
+    Δ is what removed layers right after this one used to add to the residual stream (C = E[Δᵀx],
+    None when no layer follows removed): the depth refit folds a linear stand-in for them here.
     ridge → 0 is the plain least-squares refit, ridge → ∞ is plain slicing."""
     g = gram.to(torch.float64)
     w = weight.detach().to(g.device, torch.float64)
@@ -139,18 +142,70 @@ def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, rid
     lam = ridge * gk.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(gk.shape[0], dtype=torch.float64, device=g.device)
     rhs = g[keep] @ w.T + lam * w[:, keep].T  # [k, D]
+    if cross is not None:
+        rhs = rhs + cross.to(g.device, torch.float64)[:, keep].T
     solved = torch.linalg.solve(gk + lam * eye, rhs)
     return solved.T.to(weight.dtype)
 
 
-def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ridge: float) -> dict:
-    """{layer: refit down_proj weight [D, kept]} for every layer whose neurons are pruned."""
+def removed_runs(drop_layers) -> list[tuple[int, int]]:
+    """Maximal runs (first, last) of consecutive removed layers."""
+    runs: list[list[int]] = []
+    for i in sorted(drop_layers):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [(a, b) for a, b in runs]
+
+
+@torch.no_grad()
+def depth_cross(loaded: LoadedModel, blocks: torch.Tensor, drop_layers) -> dict[int, torch.Tensor]:
+    """{kept layer k: E[Δᵀ x_k]} where x_k is layer k's down_proj input and Δ the residual-stream
+    change of the run of removed layers right after k (one calibration pass, full model)."""
+    runs = [(a, b) for a, b in removed_runs(drop_layers) if a > 0]  # layer 0 has no predecessor
+    if not runs:
+        return {}
+    sums: dict[int, torch.Tensor] = {}
+    seen: dict[tuple[int, str], torch.Tensor] = {}
+    ends = {b: a for a, b in runs}
+
+    def fn(name, x):
+        i, kind = int(name.split(".")[1]), name.split(".", 2)[2]
+        seen[(i, kind)] = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        if kind == "resid_post" and i in ends:
+            a = ends[i]
+            x_prev = seen.pop((a - 1, "mlp.act"))
+            delta = seen.pop((i, "resid_post")) - seen.pop((a, "resid_pre"))
+            sums[a - 1] = sums.get(a - 1, 0) + (delta.T @ x_prev).cpu()
+
+    names = [n for a, b in runs for n in (f"layers.{a - 1}.mlp.act", f"layers.{a}.resid_pre",
+                                           f"layers.{b}.resid_post")]
+    model, adapter = loaded.model, loaded.adapter
+    with hooks(model, adapter, names, fn):
+        for n in range(blocks.shape[0]):
+            model(input_ids=blocks[n:n + 1].to(loaded.device), use_cache=False)
+            seen.clear()
+    return {k: v / blocks.numel() for k, v in sums.items()}
+
+
+def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ridge: float,
+                  cross: dict[int, torch.Tensor] | None = None) -> dict:
+    """{layer: refit down_proj weight [D, kept]} for every layer whose neurons are pruned or that
+    takes over removed layers' contribution (`cross`, from depth_cross)."""
     layers = loaded.adapter.layers(loaded.model)
+    cross = cross or {}
     out = {}
-    for i, keep in plan.neuron_keep.items():
+    for i in sorted(set(plan.neuron_keep) | set(cross)):
         down = loaded.adapter.glu(layers[i])[2]
-        out[i] = refit_down(down.weight, gram[i], keep, ridge).to(down.weight.device)
+        keep = _kept_columns(plan, i, down.weight.shape[1])
+        out[i] = refit_down(down.weight, gram[i], keep, ridge, cross.get(i)).to(down.weight.device)
     return out
+
+
+def _kept_columns(plan: PruningPlan, layer: int, width: int) -> torch.Tensor:
+    keep = plan.neuron_keep.get(layer)
+    return keep if keep is not None else torch.ones(width, dtype=torch.bool)
 
 
 # -- preview by masking --------------------------------------------------------------------
@@ -166,7 +221,8 @@ def masked(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None):
                 down = loaded.adapter.glu(layers[i])[2]
                 saved[i] = down.weight.data
                 padded = torch.zeros_like(down.weight.data)
-                padded[:, plan.neuron_keep[i].to(padded.device)] = new.to(padded.dtype)
+                keep = _kept_columns(plan, i, padded.shape[1])
+                padded[:, keep.to(padded.device)] = new.to(padded.dtype)
                 down.weight.data = padded
         with pruning_masks(loaded.model, loaded.adapter, plan.neuron_keep, plan.head_keep,
                            plan.drop_layers):
@@ -206,6 +262,9 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None
         _slice_linear(gate, rows=keep)
         _slice_linear(up, rows=keep)
         _slice_linear(down, cols=keep, weight=(refit or {}).get(i))
+    for i, weight in (refit or {}).items():  # full-width layers that absorb removed layers
+        if i not in plan.neuron_keep:
+            _slice_linear(adapter.glu(layers[i])[2], weight=weight)
     if plan.neuron_keep:
         adapter.set_intermediate_size(model.config, plan.width)
     if plan.head_keep:

@@ -20,6 +20,8 @@ CASES = {
     "heads-per-group": PruneConfig(head_ratio=0.5, **CALIB),
     "heads-groups": PruneConfig(head_ratio=0.5, head_mode="groups", head_method="weight", **CALIB),
     "layers": PruneConfig(layers=2, layer_method="iterative_influence", **CALIB),
+    "layers-manual-refit": PruneConfig(layers=2, layer_method="manual", layer_list=[1, 2], **CALIB),
+    "layers-plain": PruneConfig(layers=1, reconstruct=False, **CALIB),
     "combined": PruneConfig(mlp_ratio=0.4, head_ratio=0.5, head_mode="groups", layers=1,
                             multiple_of=8, **CALIB),
 }
@@ -109,3 +111,26 @@ def test_width_and_head_rounding_rules():
     layout = HeadLayout(9, 3, 64)
     assert kept_layout(layout, 576, 1 / 3, "per-group") == HeadLayout(6, 3, 64)
     assert kept_layout(layout, 576, 1 / 3, "groups") == HeadLayout(6, 2, 64)
+
+
+def test_depth_refit_lowers_the_residual_error_after_removed_layers(tiny_session):
+    """Layers 1-2 removed: layer 0's down_proj absorbs a least-squares stand-in for their
+    contribution, so the residual stream entering layer 3 is closer to the full model's."""
+    from studio.data import token_blocks
+
+    session = tiny_session("llama")
+    base = session.get()
+    common = dict(layers=2, layer_method="manual", layer_list=[1, 2], **CALIB)
+    plan, refit = plan_for(session, PruneConfig(**common))
+    assert plan.drop_layers == [1, 2] and set(refit) == {0}
+    assert refit[0].shape == base.adapter.glu(base.adapter.layers(base.model)[0])[2].weight.shape
+    assert plan_for(session, PruneConfig(**common, reconstruct=False))[1] is None
+    blocks = token_blocks(base.tokenizer, CALIB["calib_source"], CALIB["calib_block"],
+                          CALIB["calib_tokens"], seed=0)
+    _, full = run_with_cache(base.model, base.adapter, blocks, ["layers.2.resid_post"])
+    errors = {}
+    for name, weights in (("plain", None), ("refit", refit)):
+        with masked(base, plan, weights):
+            _, cut = run_with_cache(base.model, base.adapter, blocks, ["layers.0.resid_post"])
+        errors[name] = (cut["layers.0.resid_post"] - full["layers.2.resid_post"]).pow(2).mean()
+    assert errors["refit"] < 0.9 * errors["plain"], errors
