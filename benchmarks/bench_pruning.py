@@ -108,15 +108,19 @@ def studio_rows(rows: Rows, session, sources, tokens, args) -> dict:
             config = PruneConfig(mlp_ratio=ratio, method=method, reconstruct=refit, **common, **extra)
             key = f"studio:{method}:{'refit' if refit else 'slice'}:{config.ridge}:{ratio}"
             out[(method, refit, ratio)] = rows.get(key, ppl(config))
-    for method in args.depth_methods:
-        config = PruneConfig(layers=3, layer_method=method, **common)
-        key = f"studio:depth:{method}"
+    # with the depth refit (the default) and without (block_influence plain: the reference)
+    depth_variants = [(m, True) for m in args.depth_methods]
+    depth_variants += [(m, False) for m in args.depth_methods
+                       if not args.quick or m == "block_influence"]
+    for method, refit in depth_variants:
+        config = PruneConfig(layers=3, layer_method=method, reconstruct=refit, **common)
+        key = f"studio:depth:{method}" + (":refit" if refit else "")
 
         def depth(config=config):
             result = preview(session, config, sources, eval_tokens=tokens)
             return {**{k: round(v, 2) for k, v in result["perplexity"].items()},
                     "layers": result["plan"]["drop_layers"]}
-        out[("depth", method)] = rows.get(key, depth)
+        out[("depth", method, refit)] = rows.get(key, depth)
     return out
 
 
@@ -164,16 +168,18 @@ def depth_table(base, opf, ours, texts) -> list[str]:
     if opf and "depth:last3" in opf:
         lines.append("| optiPfair 0.4.2 default (last 3) | 27, 28, 29 | " + " | ".join(
             fmt(opf["depth:last3"][t]) for t in texts) + " |")
-    one_shot = ours.get(("depth", "block_influence"))
+    one_shot = ours.get(("depth", "block_influence", False))
     for method in DEPTH_METHODS:
-        got = ours.get(("depth", method))
-        if not got:
-            continue
-        cells = [fmt(got[texts[0]], DEPTH_WIKI_TARGET)]
-        cells += [fmt(got[t], one_shot[t] if one_shot and method != "block_influence" else None)
-                  for t in texts[1:]]
-        layers = ", ".join(str(i) for i in got["layers"])
-        lines.append(f"| studio {method} | {layers} | " + " | ".join(cells) + " |")
+        for refit in (False, True):
+            got = ours.get(("depth", method, refit))
+            if not got:
+                continue
+            reference = one_shot if one_shot and got is not one_shot else None
+            cells = [fmt(got[texts[0]], DEPTH_WIKI_TARGET)]
+            cells += [fmt(got[t], reference[t] if reference else None) for t in texts[1:]]
+            layers = ", ".join(str(i) for i in got["layers"])
+            label = f"studio {method}" + (" + depth refit" if refit else "")
+            lines.append(f"| {label} | {layers} | " + " | ".join(cells) + " |")
     return lines
 
 
