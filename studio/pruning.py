@@ -3,10 +3,9 @@ perplexity curves and saving. Built on studio.importance (scores) and studio.sur
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -166,6 +165,18 @@ def compute_importance(session, config: PruneConfig, progress: Progress = null_p
     return out
 
 
+def _depth_cross(session, loaded: LoadedModel, config: PruneConfig, drop_layers) -> dict:
+    """depth_cross (a calibration pass) cached per removed-layer set, so moving the MLP slider
+    with the same layers removed does not repeat the pass."""
+    key = ("prune-depth-cross", loaded.fingerprint(), config.calib_source, config.calib_tokens,
+           config.calib_block, config.seed, tuple(sorted(drop_layers)))
+    if key not in session.cache:
+        blocks = _calib_blocks(session, loaded, config.calib_source, config.calib_tokens,
+                               config.calib_block, config.seed)
+        session.cache[key] = depth_cross(loaded, blocks, drop_layers)
+    return session.cache[key]
+
+
 REFIT_CACHE_SIZE = 4  # recent slider settings; a live preview moves through many
 
 
@@ -186,11 +197,7 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
     else:
         stats = calibration_stats(session, config.calib_source, config.calib_tokens,
                                   config.calib_block, config.seed, with_gram=True)
-        cross = {}
-        if plan.drop_layers:
-            blocks = _calib_blocks(session, loaded, config.calib_source, config.calib_tokens,
-                                   config.calib_block, config.seed)
-            cross = depth_cross(loaded, blocks, plan.drop_layers)
+        cross = _depth_cross(session, loaded, config, plan.drop_layers) if plan.drop_layers else {}
         refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge, cross)
         while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
             refits.popitem(last=False)
