@@ -1,8 +1,9 @@
-"""Session-level pruning: importance (cached), live previews by masking, apply, recipe replay,
+"""Session-level pruning: importance (cached), live previews (sliced views or masks), apply, recipe replay,
 perplexity curves and saving. Built on studio.importance (scores) and studio.surgery (plans).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -20,7 +21,8 @@ from studio.models.loading import LoadedModel
 from studio.progress import Progress, null_progress, scaled
 from studio.stats import calibration_stats
 from studio.surgery import (PruningPlan, apply_plan, depth_cross, kept_layout, kept_width,
-                            layer_matmul_params, make_plan, masked, planned_params, refit_weights)
+                            layer_matmul_params, make_plan, masked, planned_params, refit_weights,
+                            sliced_view, sliced_view_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,20 @@ def _baseline(session, loaded: LoadedModel, name: str, blocks: torch.Tensor) -> 
     return session.cache[key]
 
 
+@contextlib.contextmanager
+def _preview_model(session, loaded: LoadedModel, plan: PruningPlan, refit: dict | None):
+    """The model a preview evaluates: a sliced view (the applied model's FLOPs) when its sliced
+    weights fit in memory, else the working model under masks (no extra memory, full-width
+    FLOPs). Both give the applied model's logits (tests/test_surgery.py)."""
+    if plan.is_empty():
+        yield loaded.model
+    elif session.has_room(sliced_view_bytes(loaded, plan, refit)):
+        yield sliced_view(loaded, plan, refit).model
+    else:
+        with masked(loaded, plan, refit) as model:
+            yield model
+
+
 def preview(session, config: PruneConfig, eval_sources: dict[str, str], eval_tokens: int = 512,
             block: int = 512, progress: Progress = null_progress, should_stop=lambda: False) -> dict:
     """Perplexity of the plan by masking (equals the applied model's), next to the baseline."""
@@ -218,14 +234,13 @@ def preview(session, config: PruneConfig, eval_sources: dict[str, str], eval_tok
     plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.8), should_stop)
     block = min(block, eval_tokens)
     result = {"perplexity": {}, "baseline": {}}
-    with session.lock:
+    with session.lock, _preview_model(session, loaded, plan, refit) as model:
         for name, source in eval_sources.items():
             if not source:
                 continue
             blocks = _calib_blocks(session, loaded, source, eval_tokens, block, None)
             result["baseline"][name] = _baseline(session, loaded, name + source, blocks)
-            with masked(loaded, plan, refit):
-                result["perplexity"][name] = perplexity(loaded.model, blocks, should_stop=should_stop)
+            result["perplexity"][name] = perplexity(model, blocks, should_stop=should_stop)
     total = parameter_count(loaded.model)
     before, after = layer_matmul_params(loaded, plan)
     result.update(params=planned_params(loaded, plan, total), params_base=total,

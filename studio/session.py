@@ -91,6 +91,17 @@ class Session:
             if Path(where).is_dir() else 0
         self.ensure_memory(weights, f"loading {spec}")
 
+    def has_room(self, extra_bytes: int) -> bool:
+        """Whether extra_bytes more fit the memory budget and, on CUDA, the free device memory."""
+        if self.memory_limit_bytes is not None:
+            used = sum(model_bytes(m.model) for m in self.models.values())
+            if used + extra_bytes > self.memory_limit_bytes:
+                return False
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return extra_bytes < 0.8 * free
+        return True
+
     def ensure_memory(self, extra_bytes: int, what: str) -> None:
         """Raise before work that would push the models past the memory budget."""
         if self.memory_limit_bytes is None:

@@ -1,5 +1,6 @@
-"""Pruning plans and the surgery that carries them out: choose what stays, preview it by masking,
-slice the weights for real, and refit down_proj by least squares.
+"""Pruning plans and the surgery that carries them out: choose what stays, preview it (a sliced
+view that shares the untouched weights, or masks), slice the weights for real, and refit
+down_proj by least squares.
 
 Masking (studio.hooks.pruning_masks) zeroes exactly what slicing removes, so a preview of a plan
 and the sliced model give the same logits.
@@ -7,6 +8,8 @@ and the sliced model give the same logits.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -135,16 +138,24 @@ def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, rid
     W' = (W G[:, k] + C[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G[k, k].
     Δ is what removed layers right after this one used to add to the residual stream (C = E[Δᵀx],
     None when no layer follows removed): the depth refit folds a linear stand-in for them here.
-    ridge → 0 is the plain least-squares refit, ridge → ∞ is plain slicing."""
-    g = gram.to(torch.float64)
-    w = weight.detach().to(g.device, torch.float64)
+    ridge → 0 is the plain least-squares refit, ridge → ∞ is plain slicing.
+
+    The ridge bounds the system's condition number, so float32 Cholesky is accurate and ~2x
+    faster than float64 LU (a first preview waits for it); float64 when ridge is tiny."""
+    dtype = torch.float32 if ridge >= 0.01 else torch.float64
+    g = gram.to(dtype)
+    w = weight.detach().to(g.device, dtype)
     gk = g[keep][:, keep]
     lam = ridge * gk.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(gk.shape[0], dtype=torch.float64, device=g.device)
+    system = gk + lam * torch.eye(gk.shape[0], dtype=dtype, device=g.device)
     rhs = g[keep] @ w.T + lam * w[:, keep].T  # [k, D]
     if cross is not None:
-        rhs = rhs + cross.to(g.device, torch.float64)[:, keep].T
-    solved = torch.linalg.solve(gk + lam * eye, rhs)
+        rhs = rhs + cross.to(g.device, dtype)[:, keep].T
+    factor, info = torch.linalg.cholesky_ex(system)
+    if info == 0:
+        solved = torch.cholesky_solve(rhs, factor)
+    else:  # not positive definite in this precision (ridge 0, rank-deficient calibration)
+        solved = torch.linalg.lstsq(system.double(), rhs.double()).solution
     return solved.T.to(weight.dtype)
 
 
@@ -230,6 +241,29 @@ def masked(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None):
     finally:
         for i, weight in saved.items():
             loaded.adapter.glu(layers[i])[2].weight.data = weight
+
+
+def _touched_layers(plan: PruningPlan, refit: dict | None) -> set[int]:
+    return set(plan.neuron_keep) | set(plan.head_keep) | set(refit or {})
+
+
+def sliced_view_bytes(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None) -> int:
+    """Upper bound on the extra memory of sliced_view: the Linear weights of the layers it rewrites."""
+    layers = loaded.adapter.layers(loaded.model)
+    size = loaded.dtype.itemsize
+    return sum(m.weight.numel() * size for i in _touched_layers(plan, refit)
+               for m in layers[i].modules() if isinstance(m, nn.Linear))
+
+
+def sliced_view(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None) -> LoadedModel:
+    """The plan applied by slicing to a copy that shares every untouched tensor with `loaded`
+    (embeddings, norms, unpruned layers): costs only the sliced weights, runs the smaller
+    model's FLOPs, and is by construction the model `apply_plan` makes. The original is unchanged."""
+    shared = {id(t): t for t in (*loaded.model.parameters(), *loaded.model.buffers())}
+    view = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model, shared),
+                               history=list(loaded.history))
+    apply_plan(view, plan, refit)  # replaces Parameters on the copy's modules, never in place
+    return view
 
 
 # -- slicing -------------------------------------------------------------------------------

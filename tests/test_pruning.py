@@ -12,12 +12,12 @@ import torch
 
 from conftest import ROOT, WIKI_TEST, need_data
 from studio.errors import PruningError
-from studio.evaluation import parameter_count, perplexity
+from studio.evaluation import model_bytes, parameter_count, perplexity
 from studio.importance import HEAD_METHODS, LAYER_METHODS, NEURON_METHODS, method_needs_data
 from studio.pruning import (PruneConfig, apply, compute_importance, perplexity_curve, plan_for,
                             preview, replay_step)
 from studio.session import Session
-from studio.surgery import kept_layout
+from studio.surgery import kept_layout, sliced_view_bytes
 from studio.models.adapters import HeadLayout
 
 CALIB = dict(calib_source="builtin:python-docs", calib_tokens=256, calib_block=128)
@@ -52,6 +52,12 @@ def test_preview_matches_applied_model_and_is_cached(tiny_session):
     again = preview(session, config, sources, eval_tokens=256, block=128)
     assert len(session.cache) == keys and again["perplexity"] == first["perplexity"]
     assert time.perf_counter() - started < 5
+    plan, refit = plan_for(session, config)
+    session.memory_limit_bytes = model_bytes(session.get().model) + 1  # no room for a sliced view
+    assert not session.has_room(sliced_view_bytes(session.get(), plan, refit))
+    by_masks = preview(session, config, sources, eval_tokens=256, block=128)
+    session.memory_limit_bytes = None
+    assert abs(by_masks["perplexity"]["general"] / first["perplexity"]["general"] - 1) < 1e-4
     assert first["params"] < first["params_base"] and 0 < first["flops_ratio"] < 1
     assert first["est_speedup"] > 1 and first["baseline"]["general"] != first["perplexity"]["general"]
     pruned = apply(session, config)

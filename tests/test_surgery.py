@@ -1,4 +1,4 @@
-"""Surgery on tiny random models of every family: masked preview == sliced model, exported
+"""Surgery on tiny random models of every family: masked preview == sliced view == sliced model, exported
 folders reload with plain transformers and generate with a KV cache, the refit lowers the error."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from studio.models.adapters import HeadLayout
 from studio.models.tiny import FAMILIES
 from studio.pruning import PruneConfig, apply, plan_for, save_pruned
 from studio.stats import calibration_stats
-from studio.surgery import kept_layout, kept_width, masked, planned_params, refit_down
+from studio.surgery import (kept_layout, kept_width, masked, planned_params, refit_down,
+                            sliced_view)
 
 CALIB = dict(calib_source="builtin:python-docs", calib_tokens=256, calib_block=128)
 CASES = {
@@ -32,7 +33,7 @@ def _ids(seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_masked_preview_equals_sliced_model(tiny_session, family):
+def test_previews_equal_sliced_model(tiny_session, family):
     session = tiny_session(family)
     base = session.get()
     ids = _ids()
@@ -44,11 +45,17 @@ def test_masked_preview_equals_sliced_model(tiny_session, family):
                 previewed = base.model(input_ids=ids, use_cache=False).logits
             assert torch.equal(base.model(input_ids=ids, use_cache=False).logits, original), \
                 f"{name}: weights were not restored after the preview"
+            config_before = base.config.to_dict()
+            viewed = sliced_view(base, plan, refit).model(input_ids=ids, use_cache=False).logits
+            assert torch.equal(base.model(input_ids=ids, use_cache=False).logits, original), \
+                f"{name}: the sliced view changed the base weights"
+            assert base.config.to_dict() == config_before, f"{name}: the view changed the config"
             pruned = apply(session, config)
             session.unload("student")  # next case starts again from the base
             applied = pruned.model(input_ids=ids, use_cache=False).logits
             assert (previewed - original).abs().max() > 1e-3, f"{name}: the plan changed nothing"
             assert (previewed - applied).abs().max() < 1e-4, name
+            assert (viewed - applied).abs().max() < 1e-5, name
             assert parameter_count(pruned.model) == planned_params(
                 base, plan, parameter_count(base.model)), name
 
