@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
+TRAINABLE = ("all", "mlp")  # mlp: only the GLU projections learn (what width pruning cut)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class DistillConfig:
     log_every: int = 1
     student_dtype: str = "auto"        # DTYPES key; auto keeps the student's dtype
     teacher_correction_steps: int = 0  # > 0: fine-tune a copy of the teacher first (Minitron)
+    trainable: str = "all"             # TRAINABLE
     seed: int = 0
     run_name: str = ""
 
@@ -68,6 +70,8 @@ class DistillConfig:
                   (self.layer_map in LAYER_MAPS, f"layer map '{self.layer_map}' is not one of "
                                                  f"{', '.join(LAYER_MAPS)}"),
                   (self.schedule in SCHEDULES, f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}"),
+                  (self.trainable in TRAINABLE, f"trainable '{self.trainable}' is not one of "
+                                                 f"{', '.join(TRAINABLE)}"),
                   (self.student_dtype in DTYPES, f"student dtype '{self.student_dtype}' is not one of "
                                                  f"{', '.join(DTYPES)}"),
                   (self.save_every > 0 and self.eval_every >= 0 and self.log_every > 0,

@@ -120,6 +120,16 @@ def correct_teacher(teacher_model, train_blocks, cfg, out_dir: Path, device) -> 
     return corrected
 
 
+def set_trainable(student, which: str) -> None:
+    """Unfreeze all parameters, or only the GLU projections ("mlp"). Always sets every flag:
+    a student copied from the base inherits the teacher's frozen flags of an earlier run."""
+    student.model.requires_grad_(which == "all")
+    if which == "mlp":
+        for layer in student.adapter.layers(student.model):
+            for linear in student.adapter.glu(layer):
+                linear.requires_grad_(True)
+
+
 def run(teacher, student, cfg, out_dir: Path, job=None, progress: Progress = null_progress,
         resume: bool = False, callbacks=()) -> dict:
     """Distil teacher -> student (student.model trained in place); returns the summary dict."""
@@ -131,8 +141,7 @@ def run(teacher, student, cfg, out_dir: Path, job=None, progress: Progress = nul
         raise TrainingError(f"No checkpoint to resume from in {out_dir}; start a new run instead.")
     student_dtype = cfg.torch_dtype(student.dtype)
     student.model.to(student_dtype)
-    # a student copied from the base inherits the teacher's frozen flags of an earlier run
-    student.model.requires_grad_(True)
+    set_trainable(student, cfg.trainable)
     args = training_arguments(cfg, out_dir, student.device, student_dtype)
     main = args.process_index == 0
     metric_log = MetricLog(out_dir / METRICS_FILE)
@@ -166,7 +175,7 @@ def run(teacher, student, cfg, out_dir: Path, job=None, progress: Progress = nul
     try:
         output = trainer.train(resume_from_checkpoint=str(last) if last else None)
     except torch.OutOfMemoryError:
-        del trainer
+        trainer = None  # drop its references before emptying the cache
         gc.collect()
         torch.cuda.empty_cache()
         raise TrainingError(f"Out of GPU memory with batch {cfg.batch} × block {cfg.block}; lower "

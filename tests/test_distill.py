@@ -195,3 +195,16 @@ def test_second_run_on_a_fresh_copy_of_the_base_trains(tmp_path, tiny_dir):
     assert second["steps"] == 3  # step 1 is warm-up at learning rate 0
     after = list(session.get(STUDENT).model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_mlp_only_training_leaves_everything_else_untouched(tmp_path, tiny_dir):
+    session = Session(tmp_path / "ws", device="cpu")
+    session.load(str(tiny_dir("llama")))
+    student = session.copy_of("base")
+    before = {n: p.detach().clone() for n, p in student.model.named_parameters()}
+    session.set_model(STUDENT, student)
+    distill(session, small_config(run_name="mlp", steps=3, eval_every=0, trainable="mlp"))
+    changed = {n for n, p in student.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".mlp." in n for n in changed), sorted(changed)
+    with pytest.raises(TrainingError, match="trainable"):
+        small_config(trainable="attention").validate()

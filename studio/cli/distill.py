@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from studio.cli._common import positive_int
-from studio.distill import DTYPES, SCHEDULES, DistillConfig
+from studio.distill import DTYPES, SCHEDULES, TRAINABLE, DistillConfig
 from studio.distill_loss import KL_KINDS, LAYER_MAPS
 from studio.distill_run import run as run_distillation
 from studio.models.loading import load_model
@@ -39,6 +39,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kl", default="forward", choices=KL_KINDS)
     parser.add_argument("--layer-map", default="uniform", choices=LAYER_MAPS)
     parser.add_argument("--schedule", default="cosine", choices=SCHEDULES)
+    parser.add_argument("--trainable", default="all", choices=TRAINABLE,
+                        help="which parameters learn: all, or only the MLP (GLU) projections")
 
 
 def config_from_args(args) -> DistillConfig:
