@@ -5,7 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from components.common import number, ui_errors, job_progress_html, latest_job
-from studio.distill import DTYPES, DistillConfig, latest_run, run_state, start_distillation
+from studio.distill import (DTYPES, TRAINABLE, DistillConfig, latest_run, run_state,
+                            start_distillation)
 from studio.distill_loss import KL_KINDS
 from studio.figures.training import training_figures
 from studio.errors import JobError
@@ -54,6 +55,8 @@ def create_tab(session: Session) -> dict:
         kl = gr.Dropdown(list(KL_KINDS), value=D.kl, label="KL")
         student_dtype = gr.Dropdown(list(DTYPES), value=D.student_dtype, label="Student dtype")
         correction = gr.Number(0, label="Teacher correction steps", precision=0)
+        trainable = gr.Dropdown(list(TRAINABLE), value=D.trainable, label="Trainable",
+                                info="mlp: only the GLU projections learn")
     with gr.Row():
         start = gr.Button("Start distillation", variant="primary")
         stop = gr.Button("Stop", variant="stop", elem_id="distill-stop")
@@ -70,10 +73,11 @@ def create_tab(session: Session) -> dict:
     timer = gr.Timer(2.0)
     plots = [loss_plot, ppl_plot, lr_plot, grad_plot, speed_plot]
     settings = [data, eval_source, run_name, steps, batch, block, lr, eval_every, eval_tokens, alpha,
-                beta, gamma, temperature, kl, student_dtype, correction]
+                beta, gamma, temperature, kl, student_dtype, correction, trainable]
 
     def to_config(data_v, eval_v, run_v, steps_v, batch_v, block_v, lr_v, every_v, tokens_v, alpha_v,
-                  beta_v, gamma_v, temp_v, kl_v, dtype_v, correction_v) -> DistillConfig:
+                  beta_v, gamma_v, temp_v, kl_v, dtype_v, correction_v,
+                  trainable_v=D.trainable) -> DistillConfig:
         return DistillConfig(
             data=data_v or D.data, eval_source=eval_v or None, run_name=(run_v or "").strip(),
             steps=number(steps_v, D.steps, int), batch=number(batch_v, D.batch, int),
@@ -82,14 +86,16 @@ def create_tab(session: Session) -> dict:
             alpha=number(alpha_v, D.alpha), beta=number(beta_v, D.beta), gamma=number(gamma_v, D.gamma),
             temperature=number(temp_v, D.temperature), kl=kl_v or D.kl,
             student_dtype=dtype_v or D.student_dtype,
-            teacher_correction_steps=number(correction_v, 0, int))
+            teacher_correction_steps=number(correction_v, 0, int),
+            trainable=trainable_v or D.trainable)
 
     @ui_errors
     def start_run(data, eval_source, run_name, steps, batch, block, lr, eval_every, eval_tokens, alpha,
-                  beta, gamma, temperature, kl, student_dtype, teacher_correction):
+                  beta, gamma, temperature, kl, student_dtype, teacher_correction,
+                  trainable=D.trainable):
         config = to_config(data, eval_source, run_name, steps, batch, block, lr, eval_every,
                            eval_tokens, alpha, beta, gamma, temperature, kl, student_dtype,
-                           teacher_correction)
+                           teacher_correction, trainable)
         return start_distillation(session, config).id
 
     @ui_errors

@@ -140,23 +140,36 @@ def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, rid
     None when no layer follows removed): the depth refit folds a linear stand-in for them here.
     ridge → 0 is the plain least-squares refit, ridge → ∞ is plain slicing.
 
-    The ridge bounds the system's condition number, so float32 Cholesky is accurate and ~2x
-    faster than float64 LU (a first preview waits for it); float64 when ridge is tiny."""
+    Solved as a correction, W' = W[:, k] + (W[:, r] G[r, k] + C[:, k]) (G[k, k] + λI)⁻¹ (r: the
+    removed neurons), which needs fewer FLOPs than the textbook form (a first preview waits for
+    it). The ridge bounds the condition number, so float32 Cholesky is accurate; float64 when
+    the ridge is tiny."""
     dtype = torch.float32 if ridge >= 0.01 else torch.float64
     g = gram.to(dtype)
     w = weight.detach().to(g.device, dtype)
-    gk = g[keep][:, keep]
+    kept = keep.to(g.device).nonzero().flatten()
+    removed = (~keep).to(g.device).nonzero().flatten()
+    g_k = g.index_select(0, kept)
+    gk = g_k.index_select(1, kept)
     lam = ridge * gk.diagonal().mean().clamp_min(1e-12)
-    system = gk + lam * torch.eye(gk.shape[0], dtype=dtype, device=g.device)
-    rhs = g[keep] @ w.T + lam * w[:, keep].T  # [k, D]
-    if cross is not None:
-        rhs = rhs + cross.to(g.device, dtype)[:, keep].T
+    system = gk + lam * torch.eye(len(kept), dtype=dtype, device=g.device)
     factor, info = torch.linalg.cholesky_ex(system)
-    if info == 0:
-        solved = torch.cholesky_solve(rhs, factor)
-    else:  # not positive definite in this precision (ridge 0, rank-deficient calibration)
-        solved = torch.linalg.lstsq(system.double(), rhs.double()).solution
-    return solved.T.to(weight.dtype)
+
+    def solve(rhs: torch.Tensor) -> torch.Tensor:
+        if info == 0:
+            return torch.cholesky_solve(rhs, factor)
+        # not positive definite in this precision (ridge 0, rank-deficient calibration)
+        return torch.linalg.lstsq(system.double(), rhs.double()).solution.to(dtype)
+
+    g_kr, w_r = g_k.index_select(1, removed), w.index_select(1, removed)
+    if cross is None and len(removed) <= w.shape[0]:
+        correction = w_r @ solve(g_kr).T  # solve for r columns rather than D
+    else:
+        rhs = g_kr @ w_r.T
+        if cross is not None:
+            rhs = rhs + cross.to(g.device, dtype).index_select(1, kept).T
+        correction = solve(rhs).T
+    return (w.index_select(1, kept) + correction).to(weight.dtype)
 
 
 def removed_runs(drop_layers) -> list[tuple[int, int]]:
@@ -270,16 +283,16 @@ def sliced_view(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = Non
 def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None,
                   cols: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> None:
     with torch.no_grad():
-        w = linear.weight.data
-        if weight is not None:
-            w = weight
-        elif cols is not None:
-            w = w[:, cols.to(w.device)]
+        w = weight.clone() if weight is not None else linear.weight.data  # never alias a cache
+        if weight is None and cols is not None:
+            w = w[:, cols.to(w.device)]  # boolean indexing copies: the result is fresh memory
         if rows is not None:
             w = w[rows.to(w.device)]
             if linear.bias is not None:
-                linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)].clone())
-        linear.weight = nn.Parameter(w.contiguous().clone())
+                linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)])
+        if w is linear.weight.data:
+            w = w.clone()
+        linear.weight = nn.Parameter(w.contiguous())
     linear.out_features, linear.in_features = linear.weight.shape
 
 
