@@ -102,7 +102,7 @@ class Handlers:
                         head_method="activation", reconstruct=True, multiple_of=1,
                         calib_source=logic.BUILTIN, calib_tokens=4096, general_source=None,
                         domain_source=None, use_general=True, use_domain=True, preview_tokens=None):
-        """Preview a pruning setting on a sliced view of the working model (masks when memory is short).
+        """Preview a setting on a sliced view of the working model (masks when memory is short).
 
         Parameters, in order (a gradio_client caller may pass just the first few, by position or
         name): mlp_ratio, head_ratio (fractions in [0, 1)), layers (whole layers to remove),
