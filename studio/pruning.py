@@ -1,5 +1,5 @@
-"""Session-level pruning: importance (cached), live previews (sliced views or masks), apply, recipe replay,
-perplexity curves and saving. Built on studio.importance (scores) and studio.surgery (plans).
+"""Session-level pruning: importance (cached), live previews (sliced views or masks), apply,
+recipe replay, perplexity curves and saving. Built on studio.importance (scores) and studio.surgery (plans).
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def _preview_model(session, loaded: LoadedModel, plan: PruningPlan, refit: dict 
 
 def preview(session, config: PruneConfig, eval_sources: dict[str, str], eval_tokens: int = 512,
             block: int = 512, progress: Progress = null_progress, should_stop=lambda: False) -> dict:
-    """Perplexity of the plan by masking (equals the applied model's), next to the baseline."""
+    """Perplexity of the plan (equals the applied model's), next to the baseline."""
     loaded = session.working()
     plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.8), should_stop)
     block = min(block, eval_tokens)

@@ -91,12 +91,14 @@ class Session:
             if Path(where).is_dir() else 0
         self.ensure_memory(weights, f"loading {spec}")
 
+    def _models_bytes(self) -> int:
+        return sum(model_bytes(m.model) for m in self.models.values())
+
     def has_room(self, extra_bytes: int) -> bool:
         """Whether extra_bytes more fit the memory budget and, on CUDA, the free device memory."""
-        if self.memory_limit_bytes is not None:
-            used = sum(model_bytes(m.model) for m in self.models.values())
-            if used + extra_bytes > self.memory_limit_bytes:
-                return False
+        if self.memory_limit_bytes is not None and \
+                self._models_bytes() + extra_bytes > self.memory_limit_bytes:
+            return False
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return extra_bytes < 0.8 * free
@@ -106,7 +108,7 @@ class Session:
         """Raise before work that would push the models past the memory budget."""
         if self.memory_limit_bytes is None:
             return
-        used = sum(model_bytes(m.model) for m in self.models.values())
+        used = self._models_bytes()
         if used + extra_bytes > self.memory_limit_bytes:
             raise StudioError(
                 f"Out of memory: {what} needs about {extra_bytes >> 20} MiB more but the models "

@@ -256,15 +256,12 @@ def masked(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None):
             loaded.adapter.glu(layers[i])[2].weight.data = weight
 
 
-def _touched_layers(plan: PruningPlan, refit: dict | None) -> set[int]:
-    return set(plan.neuron_keep) | set(plan.head_keep) | set(refit or {})
-
-
 def sliced_view_bytes(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = None) -> int:
     """Upper bound on the extra memory of sliced_view: the Linear weights of the layers it rewrites."""
     layers = loaded.adapter.layers(loaded.model)
     size = loaded.dtype.itemsize
-    return sum(m.weight.numel() * size for i in _touched_layers(plan, refit)
+    touched = set(plan.neuron_keep) | set(plan.head_keep) | set(refit or {})
+    return sum(m.weight.numel() * size for i in touched
                for m in layers[i].modules() if isinstance(m, nn.Linear))
 
 
@@ -283,16 +280,16 @@ def sliced_view(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = Non
 def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None,
                   cols: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> None:
     with torch.no_grad():
-        w = weight.clone() if weight is not None else linear.weight.data  # never alias a cache
-        if weight is None and cols is not None:
-            w = w[:, cols.to(w.device)]  # boolean indexing copies: the result is fresh memory
+        w = linear.weight.data
+        if weight is not None:
+            w = weight
+        elif cols is not None:
+            w = w[:, cols.to(w.device)]
         if rows is not None:
             w = w[rows.to(w.device)]
             if linear.bias is not None:
-                linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)])
-        if w is linear.weight.data:
-            w = w.clone()
-        linear.weight = nn.Parameter(w.contiguous())
+                linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)].clone())
+        linear.weight = nn.Parameter(w.contiguous().clone())  # never shares the refit cache's memory
     linear.out_features, linear.in_features = linear.weight.shape
 
 
