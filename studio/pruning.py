@@ -22,7 +22,7 @@ from studio.progress import Progress, null_progress, scaled
 from studio.stats import calibration_stats
 from studio.surgery import (PruningPlan, apply_plan, depth_cross, kept_layout, kept_width,
                             layer_matmul_params, make_plan, masked, planned_params, refit_weights,
-                            sliced_view, sliced_view_bytes)
+                            ridge_inverse, sliced_view, sliced_view_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,9 @@ def compute_importance(session, config: PruneConfig, progress: Progress = null_p
                                     should_stop=should_stop)
             session.cache[key] = registry[method](ctx)
         setattr(out, part, session.cache[key])
-    if config.uses_refit():
-        stats()  # the Gram matrix is needed for the refit: compute it within this job
+    if config.uses_refit():  # what the refit needs, computed within this job
+        progress(0.95, "Preparing the least-squares refit")
+        _refit_inverses(session, config, stats().gram)
     progress(1.0, "Importance ready")
     return out
 
@@ -176,6 +177,21 @@ def _depth_cross(session, loaded: LoadedModel, config: PruneConfig, drop_layers)
         blocks = _calib_blocks(session, loaded, config.calib_source, config.calib_tokens,
                                config.calib_block, config.seed)
         session.cache[key] = depth_cross(loaded, blocks, drop_layers)
+    return session.cache[key]
+
+
+REFIT_INVERSE_MAX_BYTES = 2 << 30  # beyond this (very wide models) each setting solves directly
+
+
+def _refit_inverses(session, config: PruneConfig, gram: torch.Tensor) -> list | None:
+    """Per-layer (G + λI)⁻¹, computed once per calibration and ridge, so that a new slider
+    setting's refit solves only a small system per layer (surgery.refit_down)."""
+    if gram.numel() * gram.element_size() > REFIT_INVERSE_MAX_BYTES:
+        return None
+    key = ("prune-refit-inverse", session.working().fingerprint(), config.calib_source,
+           config.calib_tokens, config.calib_block, config.seed, config.ridge)
+    if key not in session.cache:
+        session.cache[key] = [ridge_inverse(g, config.ridge) for g in gram]
     return session.cache[key]
 
 
@@ -200,7 +216,8 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
         stats = calibration_stats(session, config.calib_source, config.calib_tokens,
                                   config.calib_block, config.seed, with_gram=True)
         cross = _depth_cross(session, loaded, config, plan.drop_layers) if plan.drop_layers else {}
-        refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge, cross)
+        refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge, cross,
+                                    _refit_inverses(session, config, stats.gram))
         while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
             refits.popitem(last=False)
     return plan, refits[key]

@@ -131,45 +131,86 @@ def make_plan(loaded: LoadedModel, scores, config) -> PruningPlan:
 
 
 # -- least-squares refit -------------------------------------------------------------------
+def _refit_dtype(ridge: float) -> torch.dtype:
+    # the ridge bounds the condition number, so float32 is accurate unless the ridge is tiny
+    return torch.float32 if ridge >= 0.01 else torch.float64
+
+
+def _ridge_system(gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    """G + λI with λ = ridge · mean diag G: a property of the layer, not of the kept set, so one
+    inverse serves every setting of the slider."""
+    g = gram.to(_refit_dtype(ridge))
+    lam = ridge * g.diagonal().mean().clamp_min(1e-12)
+    return g + lam * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+
+
+def ridge_inverse(gram: torch.Tensor, ridge: float) -> torch.Tensor | None:
+    """(G + λI)⁻¹ of one layer, or None when it is not positive definite in this precision."""
+    factor, info = torch.linalg.cholesky_ex(_ridge_system(gram, ridge))
+    return torch.cholesky_inverse(factor) if info == 0 else None
+
+
 def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float,
-               cross: torch.Tensor | None = None) -> torch.Tensor:
+               cross: torch.Tensor | None = None, inverse: torch.Tensor | None = None) -> torch.Tensor:
     """down_proj columns for the kept neurons that best reproduce the full layer output on the
     calibration activations: argmin ‖X Wᵀ + Δ − X_k W'ᵀ‖² + λ‖W' − W[:, k]‖², i.e.
-    W' = (W G[:, k] + C[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G[k, k].
+    W' = (W G[:, k] + C[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G.
     Δ is what removed layers right after this one used to add to the residual stream (C = E[Δᵀx],
     None when no layer follows removed): the depth refit folds a linear stand-in for them here.
     ridge → 0 is the plain least-squares refit, ridge → ∞ is plain slicing.
 
-    Solved as a correction, W' = W[:, k] + (W[:, r] G[r, k] + C[:, k]) (G[k, k] + λI)⁻¹ (r: the
-    removed neurons), which needs fewer FLOPs than the textbook form (a first preview waits for
-    it). The ridge bounds the condition number, so float32 Cholesky is accurate; float64 when
-    the ridge is tiny."""
-    dtype = torch.float32 if ridge >= 0.01 else torch.float64
-    g = gram.to(dtype)
-    w = weight.detach().to(g.device, dtype)
-    kept = keep.to(g.device).nonzero().flatten()
-    removed = (~keep).to(g.device).nonzero().flatten()
-    g_k = g.index_select(0, kept)
-    gk = g_k.index_select(1, kept)
-    lam = ridge * gk.diagonal().mean().clamp_min(1e-12)
-    system = gk + lam * torch.eye(len(kept), dtype=dtype, device=g.device)
-    factor, info = torch.linalg.cholesky_ex(system)
+    With `inverse` = H = (G + λI)⁻¹ (ridge_inverse, computed once per layer) and fewer removed
+    neurons r than kept k, the optimal-brain-surgeon form W' = V[:, k] − V[:, r] H[r, r]⁻¹ H[r, k]
+    with V = W + C H solves only an r×r system: a first preview waits for this. Otherwise it is
+    solved as a correction to the kept columns, W[:, k] + (W[:, r] G[r, k] + C[:, k])
+    (G[k, k] + λI)⁻¹. Both are the same minimiser (tests/test_surgery.py)."""
+    kept = keep.to(gram.device).nonzero().flatten()
+    removed = (~keep).to(gram.device).nonzero().flatten()
+    if inverse is not None and len(removed) <= len(kept):
+        refit = _refit_from_inverse(weight, inverse, kept, removed, cross)
+        if refit is not None:
+            return refit.to(weight.dtype)
+    return _refit_direct(weight, gram, kept, removed, ridge, cross).to(weight.dtype)
+
+
+def _refit_from_inverse(weight, inverse, kept, removed, cross):
+    h = inverse
+    v = weight.detach().to(h.device, h.dtype)
+    if cross is not None:
+        v = v + cross.to(h.device, h.dtype) @ h
+    if len(removed) == 0:
+        return v
+    h_r = h.index_select(0, removed)
+    factor, info = torch.linalg.cholesky_ex(h_r.index_select(1, removed))
+    if info != 0:
+        return None
+    lagrange = torch.cholesky_solve(v.index_select(1, removed).T, factor).T  # V_r H_rr⁻¹
+    return v.index_select(1, kept) - lagrange @ h_r.index_select(1, kept)
+
+
+def _refit_direct(weight, gram, kept, removed, ridge, cross):
+    system = _ridge_system(gram, ridge)
+    dtype = system.dtype
+    g_k = system.index_select(0, kept)
+    system_kk = g_k.index_select(1, kept)
+    factor, info = torch.linalg.cholesky_ex(system_kk)
 
     def solve(rhs: torch.Tensor) -> torch.Tensor:
         if info == 0:
             return torch.cholesky_solve(rhs, factor)
         # not positive definite in this precision (ridge 0, rank-deficient calibration)
-        return torch.linalg.lstsq(system.double(), rhs.double()).solution.to(dtype)
+        return torch.linalg.lstsq(system_kk.double(), rhs.double()).solution.to(dtype)
 
-    g_kr, w_r = g_k.index_select(1, removed), w.index_select(1, removed)
+    w = weight.detach().to(gram.device, dtype)
+    g_kr, w_r = g_k.index_select(1, removed), w.index_select(1, removed)  # G[k, r] = (G+λI)[k, r]
     if cross is None and len(removed) <= w.shape[0]:
         correction = w_r @ solve(g_kr).T  # solve for r columns rather than D
     else:
         rhs = g_kr @ w_r.T
         if cross is not None:
-            rhs = rhs + cross.to(g.device, dtype).index_select(1, kept).T
+            rhs = rhs + cross.to(gram.device, dtype).index_select(1, kept).T
         correction = solve(rhs).T
-    return (w.index_select(1, kept) + correction).to(weight.dtype)
+    return w.index_select(1, kept) + correction
 
 
 def removed_runs(drop_layers) -> list[tuple[int, int]]:
@@ -214,16 +255,19 @@ def depth_cross(loaded: LoadedModel, blocks: torch.Tensor, drop_layers) -> dict[
 
 
 def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ridge: float,
-                  cross: dict[int, torch.Tensor] | None = None) -> dict:
+                  cross: dict[int, torch.Tensor] | None = None, inverses=None) -> dict:
     """{layer: refit down_proj weight [D, kept]} for every layer whose neurons are pruned or that
-    takes over removed layers' contribution (`cross`, from depth_cross)."""
+    takes over removed layers' contribution (`cross`, from depth_cross). `inverses`: per-layer
+    ridge_inverse results (None entries allowed) that make the solve cheap."""
     layers = loaded.adapter.layers(loaded.model)
     cross = cross or {}
     out = {}
     for i in sorted(set(plan.neuron_keep) | set(cross)):
         down = loaded.adapter.glu(layers[i])[2]
         keep = _kept_columns(plan, i, down.weight.shape[1])
-        out[i] = refit_down(down.weight, gram[i], keep, ridge, cross.get(i)).to(down.weight.device)
+        inverse = inverses[i] if inverses is not None else None
+        refit = refit_down(down.weight, gram[i], keep, ridge, cross.get(i), inverse)
+        out[i] = refit.to(down.weight.device)
     return out
 
 

@@ -12,7 +12,7 @@ from studio.models.tiny import FAMILIES
 from studio.pruning import PruneConfig, apply, plan_for, save_pruned
 from studio.stats import calibration_stats
 from studio.surgery import (kept_layout, kept_width, masked, planned_params, refit_down,
-                            sliced_view)
+                            ridge_inverse, sliced_view)
 
 CALIB = dict(calib_source="builtin:python-docs", calib_tokens=256, calib_block=128)
 CASES = {
@@ -109,6 +109,33 @@ def test_reconstruction_lowers_layer_output_error(tiny_session):
     assert torch.allclose(far, down[:, keep], atol=1e-5)
     exact = refit_down(down, stats.gram[1], keep, 0.0)
     assert (x[:, keep] @ exact.T - target).pow(2).mean() <= refitted + 1e-7
+
+
+@pytest.mark.parametrize("ridge", [0.3, 0.001])
+@pytest.mark.parametrize("removed", [0, 5, 20, 35])
+@pytest.mark.parametrize("with_cross", [False, True])
+def test_refit_from_the_cached_inverse_equals_the_direct_solve(ridge, removed, with_cross):
+    """The optimal-brain-surgeon form (one inverse per layer, a small system per setting) and the
+    direct solve over the kept columns are the same minimiser; with more removed than kept the
+    inverse is not used, and nothing removed leaves W + C H."""
+    gen = torch.Generator().manual_seed(removed)
+    x = torch.randn(400, 48, generator=gen) @ torch.randn(48, 48, generator=gen) * 0.3
+    gram, weight = x.T @ x / 400, torch.randn(16, 48, generator=gen)
+    cross = torch.randn(16, 48, generator=gen) * 0.1 if with_cross else None
+    keep = torch.ones(48, dtype=torch.bool)
+    keep[torch.randperm(48, generator=gen)[:removed]] = False
+    inverse = ridge_inverse(gram, ridge)
+    fast = refit_down(weight, gram, keep, ridge, cross, inverse)
+    direct = refit_down(weight, gram, keep, ridge, cross)
+    assert fast.shape == direct.shape == (16, 48 - removed)
+    assert (fast - direct).abs().max() <= 1e-4 * direct.abs().max()
+    # the minimiser: the objective's gradient over the kept columns vanishes
+    lam = ridge * gram.diagonal().mean()
+    k = keep.nonzero().flatten()
+    c = cross[:, k] if with_cross else 0
+    grad = direct.double() @ (gram[k][:, k] + lam * torch.eye(len(k))).double() \
+        - (weight @ gram[:, k] + c + lam * weight[:, k]).double()
+    assert grad.abs().max() < 1e-4 * weight.abs().max()
 
 
 def test_width_and_head_rounding_rules():
