@@ -22,7 +22,7 @@ from studio.progress import Progress, null_progress, scaled
 from studio.stats import calibration_stats
 from studio.surgery import (PruningPlan, apply_plan, depth_cross, kept_layout, kept_width,
                             layer_matmul_params, make_plan, masked, planned_params, refit_weights,
-                            ridge_inverse, sliced_view, sliced_view_bytes)
+                            refit_solver, sliced_view, sliced_view_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def compute_importance(session, config: PruneConfig, progress: Progress = null_p
         setattr(out, part, session.cache[key])
     if config.uses_refit():  # what the refit needs, computed within this job
         progress(0.95, "Preparing the least-squares refit")
-        _refit_inverses(session, config, stats().gram)
+        _refit_solvers(session, config, stats().gram, out.neurons)
     progress(1.0, "Importance ready")
     return out
 
@@ -180,19 +180,26 @@ def _depth_cross(session, loaded: LoadedModel, config: PruneConfig, drop_layers)
     return session.cache[key]
 
 
-REFIT_INVERSE_MAX_BYTES = 2 << 30  # beyond this (very wide models) each setting solves directly
+REFIT_SOLVER_MAX_BYTES = 2 << 30  # beyond this (very wide models) each setting solves directly
 
 
-def _refit_inverses(session, config: PruneConfig, gram: torch.Tensor) -> list | None:
-    """Per-layer (G + λI)⁻¹, computed once per calibration and ridge, so that a new slider
-    setting's refit solves only a small system per layer (surgery.refit_down)."""
-    if gram.numel() * gram.element_size() > REFIT_INVERSE_MAX_BYTES:
+def _refit_solvers(session, config: PruneConfig, gram: torch.Tensor, neuron_scores) -> list | None:
+    """Per-layer RefitSolver for the current calibration, ridge and neuron ranking, so a new
+    slider setting's refit solves only small systems (surgery.refit_down). Only the latest set
+    is kept: one set is as large as the Gram matrices."""
+    if gram.numel() * gram.element_size() > REFIT_SOLVER_MAX_BYTES:
         return None
-    key = ("prune-refit-inverse", session.working().fingerprint(), config.calib_source,
-           config.calib_tokens, config.calib_block, config.seed, config.ridge)
-    if key not in session.cache:
-        session.cache[key] = [ridge_inverse(g, config.ridge) for g in gram]
-    return session.cache[key]
+    key = (session.working().fingerprint(), config.calib_source, config.calib_tokens,
+           config.calib_block, config.seed, config.ridge,
+           config.method if neuron_scores is not None else None)
+    cached = session.cache.get("prune-refit-solvers")
+    if cached is None or cached[0] != key:
+        loaded = session.working()
+        downs = [loaded.adapter.glu(layer)[2].weight for layer in loaded.adapter.layers(loaded.model)]
+        solvers = [refit_solver(g, config.ridge, None if neuron_scores is None else neuron_scores[i],
+                                downs[i]) for i, g in enumerate(gram)]
+        session.cache["prune-refit-solvers"] = cached = (key, solvers)
+    return cached[1]
 
 
 REFIT_CACHE_SIZE = 4  # recent slider settings; a live preview moves through many
@@ -217,7 +224,7 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
                                   config.calib_block, config.seed, with_gram=True)
         cross = _depth_cross(session, loaded, config, plan.drop_layers) if plan.drop_layers else {}
         refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge, cross,
-                                    _refit_inverses(session, config, stats.gram))
+                                    _refit_solvers(session, config, stats.gram, scores.neurons))
         while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
             refits.popitem(last=False)
     return plan, refits[key]

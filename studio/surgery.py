@@ -91,9 +91,14 @@ def kept_layout(layout: HeadLayout, hidden: int, ratio: float, mode: str) -> Hea
     return new
 
 
+def importance_order(scores: torch.Tensor) -> torch.Tensor:
+    """Indices from least to most important (stable, so ties always break the same way)."""
+    return torch.argsort(scores.float(), stable=True)
+
+
 def _top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     mask = torch.zeros(scores.numel(), dtype=torch.bool)
-    mask[torch.topk(scores.float(), keep, sorted=False).indices] = True
+    mask[importance_order(scores)[scores.numel() - keep:]] = True
     return mask
 
 
@@ -144,14 +149,50 @@ def _ridge_system(gram: torch.Tensor, ridge: float) -> torch.Tensor:
     return g + lam * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
 
 
-def ridge_inverse(gram: torch.Tensor, ridge: float) -> torch.Tensor | None:
-    """(G + λI)⁻¹ of one layer, or None when it is not positive definite in this precision."""
-    factor, info = torch.linalg.cholesky_ex(_ridge_system(gram, ridge))
-    return torch.cholesky_inverse(factor) if info == 0 else None
+@dataclass
+class RefitSolver:
+    """One layer's H = (G + λI)⁻¹ kept as the lower Cholesky factor F of H with the neurons in
+    ascending importance. When the r least important neurons go, H[r, r] = F_rr F_rrᵀ and
+    H[r, k] = F_rr F_krᵀ are read off F's leading blocks, so the OBS correction
+    V[:, r] H[r, r]⁻¹ H[r, k] = Y[:, :r] F_krᵀ with Y = V F⁻ᵀ. Y's first r columns do not depend
+    on r (a triangular system), so Y is solved once and a new setting costs one product."""
+    order: torch.Tensor   # neuron indices, least important first
+    factor: torch.Tensor  # F, lower triangular: H[order][:, order] = F Fᵀ
+    y: torch.Tensor | None = None  # W[:, order] F⁻ᵀ for the down_proj weight it was built with
+    weight_key: tuple | None = None
+
+
+def _weight_key(weight: torch.Tensor) -> tuple:
+    # storage, in-place version and shape: a trained or replaced weight no longer matches
+    return weight.data_ptr(), weight._version, tuple(weight.shape)
+
+
+def refit_solver(gram: torch.Tensor, ridge: float, scores: torch.Tensor | None,
+                 weight: torch.Tensor | None = None) -> RefitSolver | None:
+    """The layer's RefitSolver for neuron `scores` (None: any order) and down_proj `weight`
+    (None: Y is solved per setting), or None when the system is not positive definite in this
+    precision (the refit then solves directly)."""
+    order = importance_order(scores if scores is not None else torch.zeros(gram.shape[0]))
+    order = order.to(gram.device)
+    system = _ridge_system(gram, ridge).index_select(0, order).index_select(1, order)
+    # A = M Mᵀ with M upper triangular (Cholesky of A with rows and columns reversed), so
+    # H = A⁻¹ = M⁻ᵀ M⁻¹ and F = M⁻ᵀ: one factorisation and one triangular inverse
+    reversed_factor, info = torch.linalg.cholesky_ex(system.flip(0, 1))
+    if info != 0:
+        return None
+    upper = reversed_factor.flip(0, 1)
+    eye = torch.eye(len(order), dtype=system.dtype, device=system.device)
+    factor = torch.linalg.solve_triangular(upper, eye, upper=True).T.contiguous()
+    solver = RefitSolver(order, factor)
+    if weight is not None:
+        v = weight.detach().to(factor.device, factor.dtype).index_select(1, order)
+        solver.y = torch.linalg.solve_triangular(factor, v.T, upper=False).T.contiguous()
+        solver.weight_key = _weight_key(weight)
+    return solver
 
 
 def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float,
-               cross: torch.Tensor | None = None, inverse: torch.Tensor | None = None) -> torch.Tensor:
+               cross: torch.Tensor | None = None, solver: RefitSolver | None = None) -> torch.Tensor:
     """down_proj columns for the kept neurons that best reproduce the full layer output on the
     calibration activations: argmin ‖X Wᵀ + Δ − X_k W'ᵀ‖² + λ‖W' − W[:, k]‖², i.e.
     W' = (W G[:, k] + C[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G.
@@ -159,33 +200,38 @@ def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, rid
     None when no layer follows removed): the depth refit folds a linear stand-in for them here.
     ridge → 0 is the plain least-squares refit, ridge → ∞ is plain slicing.
 
-    With `inverse` = H = (G + λI)⁻¹ (ridge_inverse, computed once per layer) and fewer removed
-    neurons r than kept k, the optimal-brain-surgeon form W' = V[:, k] − V[:, r] H[r, r]⁻¹ H[r, k]
-    with V = W + C H solves only an r×r system: a first preview waits for this. Otherwise it is
-    solved as a correction to the kept columns, W[:, k] + (W[:, r] G[r, k] + C[:, k])
+    With a `solver` whose order puts the removed neurons first, and fewer removed than kept, the
+    optimal-brain-surgeon form W' = V[:, k] − V[:, r] H[r, r]⁻¹ H[r, k] (V = W + C H) costs one
+    product (plus a triangular solve with the depth term): a first preview waits for this. Otherwise it is solved
+    directly as a correction to the kept columns, W[:, k] + (W[:, r] G[r, k] + C[:, k])
     (G[k, k] + λI)⁻¹. Both are the same minimiser (tests/test_surgery.py)."""
-    kept = keep.to(gram.device).nonzero().flatten()
-    removed = (~keep).to(gram.device).nonzero().flatten()
-    if inverse is not None and len(removed) <= len(kept):
-        refit = _refit_from_inverse(weight, inverse, kept, removed, cross)
+    if solver is not None and (~keep).sum() <= keep.sum():
+        refit = _refit_with_solver(weight, solver, keep.to(solver.factor.device), cross)
         if refit is not None:
             return refit.to(weight.dtype)
+    kept = keep.to(gram.device).nonzero().flatten()
+    removed = (~keep).to(gram.device).nonzero().flatten()
     return _refit_direct(weight, gram, kept, removed, ridge, cross).to(weight.dtype)
 
 
-def _refit_from_inverse(weight, inverse, kept, removed, cross):
-    h = inverse
-    v = weight.detach().to(h.device, h.dtype)
-    if cross is not None:
-        v = v + cross.to(h.device, h.dtype) @ h
-    if len(removed) == 0:
-        return v
-    h_r = h.index_select(0, removed)
-    factor, info = torch.linalg.cholesky_ex(h_r.index_select(1, removed))
-    if info != 0:
+def _refit_with_solver(weight, solver: RefitSolver, keep, cross):
+    f, order = solver.factor, solver.order
+    r = int((~keep).sum())
+    if keep[order[:r]].any():  # not the r least important: the factor's blocks do not apply
         return None
-    lagrange = torch.cholesky_solve(v.index_select(1, removed).T, factor).T  # V_r H_rr⁻¹
-    return v.index_select(1, kept) - lagrange @ h_r.index_select(1, kept)
+    kept_order = order[r:]
+    if cross is None and solver.y is not None and solver.weight_key == _weight_key(weight):
+        v_k = weight.detach().to(f.device, f.dtype).index_select(1, kept_order)
+        refit = v_k - solver.y[:, :r] @ f[r:, :r].T
+    else:
+        v = weight.detach().to(f.device, f.dtype).index_select(1, order)
+        if cross is not None:  # V = W + C H, in importance order
+            v = v + (cross.to(f.device, f.dtype).index_select(1, order) @ f) @ f.T
+        refit = v[:, r:]
+        if r:
+            y = torch.linalg.solve_triangular(f[:r, :r], v[:, :r].T, upper=False).T  # V_r F_rr⁻ᵀ
+            refit = refit - y @ f[r:, :r].T
+    return refit[:, kept_order.argsort()]  # back to ascending neuron index, as slicing keeps them
 
 
 def _refit_direct(weight, gram, kept, removed, ridge, cross):
@@ -255,18 +301,18 @@ def depth_cross(loaded: LoadedModel, blocks: torch.Tensor, drop_layers) -> dict[
 
 
 def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ridge: float,
-                  cross: dict[int, torch.Tensor] | None = None, inverses=None) -> dict:
+                  cross: dict[int, torch.Tensor] | None = None, solvers=None) -> dict:
     """{layer: refit down_proj weight [D, kept]} for every layer whose neurons are pruned or that
-    takes over removed layers' contribution (`cross`, from depth_cross). `inverses`: per-layer
-    ridge_inverse results (None entries allowed) that make the solve cheap."""
+    takes over removed layers' contribution (`cross`, from depth_cross). `solvers`: per-layer
+    RefitSolver (None entries allowed) that make a new setting's solve cheap."""
     layers = loaded.adapter.layers(loaded.model)
     cross = cross or {}
     out = {}
     for i in sorted(set(plan.neuron_keep) | set(cross)):
         down = loaded.adapter.glu(layers[i])[2]
         keep = _kept_columns(plan, i, down.weight.shape[1])
-        inverse = inverses[i] if inverses is not None else None
-        refit = refit_down(down.weight, gram[i], keep, ridge, cross.get(i), inverse)
+        solver = solvers[i] if solvers is not None else None
+        refit = refit_down(down.weight, gram[i], keep, ridge, cross.get(i), solver)
         out[i] = refit.to(down.weight.device)
     return out
 
@@ -324,16 +370,17 @@ def sliced_view(loaded: LoadedModel, plan: PruningPlan, refit: dict | None = Non
 def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None,
                   cols: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> None:
     with torch.no_grad():
-        w = linear.weight.data
+        w, fresh = linear.weight.data, False
         if weight is not None:
             w = weight
         elif cols is not None:
-            w = w[:, cols.to(w.device)]
+            w, fresh = w[:, cols.to(w.device)], True
         if rows is not None:
-            w = w[rows.to(w.device)]
+            w, fresh = w[rows.to(w.device)], True
             if linear.bias is not None:
                 linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)].clone())
-        linear.weight = nn.Parameter(w.contiguous().clone())  # never shares the refit cache's memory
+        # a copy unless indexing made one: never share the refit cache's or the original's memory
+        linear.weight = nn.Parameter(w.contiguous() if fresh else w.clone())
     linear.out_features, linear.in_features = linear.weight.shape
 
 

@@ -12,7 +12,8 @@ from studio.models.tiny import FAMILIES
 from studio.pruning import PruneConfig, apply, plan_for, save_pruned
 from studio.stats import calibration_stats
 from studio.surgery import (kept_layout, kept_width, masked, planned_params, refit_down,
-                            ridge_inverse, sliced_view)
+                            refit_solver, sliced_view)
+from studio.surgery import _refit_with_solver
 
 CALIB = dict(calib_source="builtin:python-docs", calib_tokens=256, calib_block=128)
 CASES = {
@@ -114,28 +115,44 @@ def test_reconstruction_lowers_layer_output_error(tiny_session):
 @pytest.mark.parametrize("ridge", [0.3, 0.001])
 @pytest.mark.parametrize("removed", [0, 5, 20, 35])
 @pytest.mark.parametrize("with_cross", [False, True])
-def test_refit_from_the_cached_inverse_equals_the_direct_solve(ridge, removed, with_cross):
-    """The optimal-brain-surgeon form (one inverse per layer, a small system per setting) and the
-    direct solve over the kept columns are the same minimiser; with more removed than kept the
-    inverse is not used, and nothing removed leaves W + C H."""
+def test_refit_from_the_cached_solver_equals_the_direct_solve(ridge, removed, with_cross):
+    """The optimal-brain-surgeon form (one factor per layer in importance order, a triangular
+    solve per setting) and the direct solve over the kept columns are the same minimiser; a keep
+    set that is not the top of the ranking, or more removed than kept, takes the direct path."""
     gen = torch.Generator().manual_seed(removed)
     x = torch.randn(400, 48, generator=gen) @ torch.randn(48, 48, generator=gen) * 0.3
     gram, weight = x.T @ x / 400, torch.randn(16, 48, generator=gen)
     cross = torch.randn(16, 48, generator=gen) * 0.1 if with_cross else None
-    keep = torch.ones(48, dtype=torch.bool)
-    keep[torch.randperm(48, generator=gen)[:removed]] = False
-    inverse = ridge_inverse(gram, ridge)
-    fast = refit_down(weight, gram, keep, ridge, cross, inverse)
-    direct = refit_down(weight, gram, keep, ridge, cross)
-    assert fast.shape == direct.shape == (16, 48 - removed)
-    assert (fast - direct).abs().max() <= 1e-4 * direct.abs().max()
-    # the minimiser: the objective's gradient over the kept columns vanishes
+    scores = torch.rand(48, generator=gen)
+    solver = refit_solver(gram, ridge, scores, weight)  # Y = W F⁻ᵀ solved once
+    assert solver.y is not None
+    top = torch.ones(48, dtype=torch.bool)
+    top[scores.argsort()[:removed]] = False
+    other = torch.ones(48, dtype=torch.bool)
+    other[torch.randperm(48, generator=gen)[:removed]] = False
+    # the solver path is really taken for the top of the ranking, and refused for another set
+    assert _refit_with_solver(weight, solver, top, cross) is not None
+    assert removed == 0 or _refit_with_solver(weight, solver, other, cross) is None
     lam = ridge * gram.diagonal().mean()
-    k = keep.nonzero().flatten()
-    c = cross[:, k] if with_cross else 0
-    grad = direct.double() @ (gram[k][:, k] + lam * torch.eye(len(k))).double() \
-        - (weight @ gram[:, k] + c + lam * weight[:, k]).double()
-    assert grad.abs().max() < 1e-4 * weight.abs().max()
+    for keep in (top, other):
+        direct = refit_down(weight, gram, keep, ridge, cross)
+        assert direct.shape == (16, 48 - removed)
+        for fast in (refit_down(weight, gram, keep, ridge, cross, solver),  # cached Y
+                     refit_down(weight, gram, keep, ridge, cross, refit_solver(gram, ridge, scores))):
+            assert (fast - direct).abs().max() <= 1e-4 * direct.abs().max()
+        # a weight trained in place after its solver was built: the stale Y is not used
+        changed = weight.clone()
+        stale = refit_solver(gram, ridge, scores, changed)
+        changed.add_(torch.randn(16, 48, generator=gen))
+        want = refit_down(changed, gram, keep, ridge, cross)
+        got = refit_down(changed, gram, keep, ridge, cross, stale)
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+        # the minimiser: the objective's gradient over the kept columns vanishes
+        k = keep.nonzero().flatten()
+        c = cross[:, k] if with_cross else 0
+        grad = direct.double() @ (gram[k][:, k] + lam * torch.eye(len(k))).double() \
+            - (weight @ gram[:, k] + c + lam * weight[:, k]).double()
+        assert grad.abs().max() < 1e-4 * weight.abs().max()
 
 
 def test_width_and_head_rounding_rules():
