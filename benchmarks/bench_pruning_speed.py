@@ -158,7 +158,8 @@ def preview_latency(args) -> list[str]:
     sets = [token_blocks(tokenizer, s, block, args.preview_tokens) for s in (WIKI_TEST, PUBMEDQA_TEST)]
     work = Path(tempfile.mkdtemp(prefix="tailor-preview-"))
     proc, url = start_studio(work / "workspace")
-    pairs = {}  # (reconstruct, kind) -> [(preview s, bare s)]
+    pairs = {}  # (reconstruct, kind) -> [(preview s, bare s, engine s)]
+    stages = {}  # (reconstruct, kind) -> [engine timings]
 
     def timed(ratio, reconstruct, kind):
         time.sleep(SETTLE_S)
@@ -169,6 +170,7 @@ def preview_latency(args) -> list[str]:
                              api_name="/preview_pruning")
         pairs.setdefault((reconstruct, kind), []).append((time.perf_counter() - started, bare,
                                                           out["seconds"]))
+        stages.setdefault((reconstruct, kind), []).append(out["timings"])
 
     try:
         client = Client(url, verbose=False)
@@ -209,6 +211,10 @@ def preview_latency(args) -> list[str]:
                      f"{statistics.median(b for _, b, _ in got):.2f} | {median:.2f}{mark} | "
                      f"{max(ratios):.2f} |")
     lines.append(f"\n✓/✗: median of the paired ratios ≤ {PREVIEW_TARGET}.")
+    lines.append("\nEngine stages, median seconds (plan: scores, plan and refit; model: sliced view):")
+    for (reconstruct, kind), rows in stages.items():
+        lines.append(f"- refit {'on' if reconstruct else 'off'}, {kind}: " + ", ".join(
+            f"{k} {statistics.median(r[k] for r in rows):.3f}" for k in rows[0]))
     return lines
 
 

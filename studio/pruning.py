@@ -4,6 +4,7 @@ recipe replay, perplexity curves and saving. Built on studio.importance (scores)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -202,6 +203,16 @@ def _refit_solvers(session, config: PruneConfig, gram: torch.Tensor, neuron_scor
     return cached[1]
 
 
+def _masks_digest(masks: dict) -> str:
+    """One short key for {layer: bool mask}: a tuple of ~30k ints per slider setting would
+    feed the garbage collector, which then walks every object of a running server."""
+    digest = hashlib.sha1()
+    for layer, mask in sorted(masks.items()):
+        digest.update(str(layer).encode())
+        digest.update(mask.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 REFIT_CACHE_SIZE = 4  # recent slider settings; a live preview moves through many
 
 
@@ -215,7 +226,7 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
         return plan, None
     key = ("prune-refit", loaded.fingerprint(), config.calib_source, config.calib_tokens,
            config.calib_block, config.seed, config.ridge, tuple(sorted(plan.drop_layers)),
-           tuple(tuple(k.nonzero().flatten().tolist()) for _, k in sorted(plan.neuron_keep.items())))
+           _masks_digest(plan.neuron_keep))
     refits = session.cache.setdefault("prune-refits", OrderedDict())
     if key in refits:
         refits.move_to_end(key)
@@ -255,16 +266,19 @@ def preview(session, config: PruneConfig, eval_sources: dict[str, str], eval_tok
             block: int = 512, progress: Progress = null_progress, should_stop=lambda: False) -> dict:
     """Perplexity of the plan (equals the applied model's), next to the baseline."""
     loaded = session.working()
+    started = time.perf_counter()
     plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.8), should_stop)
     block = min(block, eval_tokens)
-    result = {"perplexity": {}, "baseline": {}}
+    result = {"perplexity": {}, "baseline": {}, "timings": {"plan": time.perf_counter() - started}}
     with session.lock, _preview_model(session, loaded, plan, refit) as model:
+        result["timings"]["model"] = time.perf_counter() - started - result["timings"]["plan"]
         for name, source in eval_sources.items():
             if not source:
                 continue
             blocks = _calib_blocks(session, loaded, source, eval_tokens, block, None)
             result["baseline"][name] = _baseline(session, loaded, name + source, blocks)
             result["perplexity"][name] = perplexity(model, blocks, should_stop=should_stop)
+    result["timings"]["total"] = time.perf_counter() - started
     total = parameter_count(loaded.model)
     before, after = layer_matmul_params(loaded, plan)
     result.update(params=planned_params(loaded, plan, total), params_base=total,
