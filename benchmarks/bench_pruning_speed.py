@@ -1,9 +1,12 @@
 """Pruning speed benchmark: (1) exported pruned models' forward tokens/s vs the FLOP reduction,
 base and pruned side by side in one run; (2) preview latency through gradio_client vs one bare
-forward pass of the pruned model over the same preview tokens.
+forward pass of the pruned model over the same preview tokens, each preview paired with a bare
+pass timed just before it (this CPU is shared: unpaired timings drift by ±20% between phases).
 
 Run: .venv/bin/python benchmarks/bench_pruning_speed.py [--tokens 2048] [--repeats 5] [--no-server]
-Targets (issue 8): speedup ≥ 0.9 × FLOP reduction; preview ≤ 1.3 × the bare forward pass.
+     [--no-export] [--preview-repeats 2]
+Targets (issue 8): speedup ≥ 0.9 × FLOP reduction; preview ≤ 1.3 × the bare forward pass
+(median of the paired ratios).
 """
 from __future__ import annotations
 
