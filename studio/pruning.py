@@ -164,7 +164,7 @@ def compute_importance(session, config: PruneConfig, progress: Progress = null_p
         setattr(out, part, session.cache[key])
     if config.uses_refit():  # what the refit needs, computed within this job
         progress(0.95, "Preparing the least-squares refit")
-        _refit_solvers(session, config, stats().gram, out.neurons)
+        _refit_solvers(session, loaded, config, stats().gram, out.neurons)
     progress(1.0, "Importance ready")
     return out
 
@@ -184,21 +184,22 @@ def _depth_cross(session, loaded: LoadedModel, config: PruneConfig, drop_layers)
 REFIT_SOLVER_MAX_BYTES = 2 << 30  # beyond this (very wide models) each setting solves directly
 
 
-def _refit_solvers(session, config: PruneConfig, gram: torch.Tensor, neuron_scores) -> list | None:
+def _refit_solvers(session, loaded: LoadedModel, config: PruneConfig, gram: torch.Tensor,
+                   neuron_scores) -> list | None:
     """Per-layer RefitSolver for the current calibration, ridge and neuron ranking, so a new
-    slider setting's refit solves only small systems (surgery.refit_down). Only the latest set
+    slider setting's refit is one product per layer (surgery.refit_down). Only the latest set
     is kept: one set is as large as the Gram matrices."""
     if gram.numel() * gram.element_size() > REFIT_SOLVER_MAX_BYTES:
         return None
-    key = (session.working().fingerprint(), config.calib_source, config.calib_tokens,
+    key = (loaded.fingerprint(), config.calib_source, config.calib_tokens,
            config.calib_block, config.seed, config.ridge,
            config.method if neuron_scores is not None else None)
     cached = session.cache.get("prune-refit-solvers")
     if cached is None or cached[0] != key:
-        loaded = session.working()
-        downs = [loaded.adapter.glu(layer)[2].weight for layer in loaded.adapter.layers(loaded.model)]
+        layers = loaded.adapter.layers(loaded.model)
         solvers = [refit_solver(g, config.ridge, None if neuron_scores is None else neuron_scores[i],
-                                downs[i]) for i, g in enumerate(gram)]
+                                loaded.adapter.glu(layers[i])[2].weight)
+                   for i, g in enumerate(gram)]
         session.cache["prune-refit-solvers"] = cached = (key, solvers)
     return cached[1]
 
@@ -235,7 +236,8 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
                                   config.calib_block, config.seed, with_gram=True)
         cross = _depth_cross(session, loaded, config, plan.drop_layers) if plan.drop_layers else {}
         refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge, cross,
-                                    _refit_solvers(session, config, stats.gram, scores.neurons))
+                                    _refit_solvers(session, loaded, config, stats.gram,
+                                                   scores.neurons))
         while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
             refits.popitem(last=False)
     return plan, refits[key]

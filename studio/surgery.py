@@ -202,8 +202,8 @@ def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, rid
 
     With a `solver` whose order puts the removed neurons first, and fewer removed than kept, the
     optimal-brain-surgeon form W' = V[:, k] − V[:, r] H[r, r]⁻¹ H[r, k] (V = W + C H) costs one
-    product (plus a triangular solve with the depth term): a first preview waits for this. Otherwise it is solved
-    directly as a correction to the kept columns, W[:, k] + (W[:, r] G[r, k] + C[:, k])
+    product (plus a triangular solve with the depth term): a first preview waits for this.
+    Otherwise it is solved directly as a correction to the kept columns, W[:, k] + (W[:, r] G[r, k] + C[:, k])
     (G[k, k] + λI)⁻¹. Both are the same minimiser (tests/test_surgery.py)."""
     if solver is not None and (~keep).sum() <= keep.sum():
         refit = _refit_with_solver(weight, solver, keep.to(solver.factor.device), cross)
@@ -378,7 +378,7 @@ def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None,
         if rows is not None:
             w, fresh = w[rows.to(w.device)], True
             if linear.bias is not None:
-                linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)].clone())
+                linear.bias = nn.Parameter(linear.bias.data[rows.to(w.device)])  # a copy
         # a copy unless indexing made one: never share the refit cache's or the original's memory
         linear.weight = nn.Parameter(w.contiguous() if fresh else w.clone())
     linear.out_features, linear.in_features = linear.weight.shape

@@ -116,8 +116,8 @@ def test_reconstruction_lowers_layer_output_error(tiny_session):
 @pytest.mark.parametrize("removed", [0, 5, 20, 35])
 @pytest.mark.parametrize("with_cross", [False, True])
 def test_refit_from_the_cached_solver_equals_the_direct_solve(ridge, removed, with_cross):
-    """The optimal-brain-surgeon form (one factor per layer in importance order, a triangular
-    solve per setting) and the direct solve over the kept columns are the same minimiser; a keep
+    """The optimal-brain-surgeon form (one factor and Y per layer in importance order, one
+    product per setting) and the direct solve over the kept columns are the same minimiser; a keep
     set that is not the top of the ranking, or more removed than kept, takes the direct path."""
     gen = torch.Generator().manual_seed(removed)
     x = torch.randn(400, 48, generator=gen) @ torch.randn(48, 48, generator=gen) * 0.3
