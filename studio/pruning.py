@@ -217,30 +217,57 @@ def _masks_digest(masks: dict) -> str:
 REFIT_CACHE_SIZE = 4  # recent slider settings; a live preview moves through many
 
 
+@dataclass
+class _CachedRefit:
+    plan: PruningPlan
+    weights: dict
+    exact: bool  # solved from scratch, not extended from a neighbour (float rounding differs)
+
+
+def _removed_neurons(plan: PruningPlan) -> int:
+    return sum(int((~keep).sum()) for keep in plan.neuron_keep.values())
+
+
+def _neighbour(refits: OrderedDict, setting: tuple, plan: PruningPlan) -> _CachedRefit | None:
+    """The cached refit of the same calibration that removed the most neurons without removing
+    more than `plan`: the solvers extend it by the difference (surgery.refit_down)."""
+    if plan.drop_layers:
+        return None
+    removed = _removed_neurons(plan)
+    candidates = [entry for key, entry in refits.items()
+                  if key[:-1] == setting and _removed_neurons(entry.plan) <= removed]
+    return max(candidates, key=lambda e: _removed_neurons(e.plan), default=None)
+
+
 def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
-             should_stop=lambda: False) -> tuple[PruningPlan, dict | None]:
-    """(plan, refit weights or None) for the working model; the refit is cached per plan."""
+             should_stop=lambda: False, exact: bool = False) -> tuple[PruningPlan, dict | None]:
+    """(plan, refit weights or None) for the working model; the refit is cached per plan. A
+    preview may extend a neighbouring setting's refit (a slider moved on); `exact` (Apply) always
+    solves from scratch, so the applied weights never depend on which settings were previewed."""
     loaded = session.working()
     scores = compute_importance(session, config, progress, should_stop)
     plan = make_plan(loaded, scores, config)
     if not (config.uses_refit() and (plan.neuron_keep or plan.drop_layers)):
         return plan, None
-    key = ("prune-refit", loaded.fingerprint(), config.calib_source, config.calib_tokens,
-           config.calib_block, config.seed, config.ridge, tuple(sorted(plan.drop_layers)),
-           _masks_digest(plan.neuron_keep))
+    setting = ("prune-refit", loaded.fingerprint(), config.calib_source, config.calib_tokens,
+               config.calib_block, config.seed, config.ridge, tuple(sorted(plan.drop_layers)))
+    key = (*setting, _masks_digest(plan.neuron_keep))
     refits = session.cache.setdefault("prune-refits", OrderedDict())
-    if key in refits:
+    if key in refits and (refits[key].exact or not exact):
         refits.move_to_end(key)
-    else:
-        stats = calibration_stats(session, config.calib_source, config.calib_tokens,
-                                  config.calib_block, config.seed, with_gram=True)
-        cross = _depth_cross(session, loaded, config, plan.drop_layers) if plan.drop_layers else {}
-        refits[key] = refit_weights(loaded, plan, stats.gram, config.ridge, cross,
-                                    _refit_solvers(session, loaded, config, stats.gram,
-                                                   scores.neurons))
-        while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
-            refits.popitem(last=False)
-    return plan, refits[key]
+        return plan, refits[key].weights
+    stats = calibration_stats(session, config.calib_source, config.calib_tokens,
+                              config.calib_block, config.seed, with_gram=True)
+    cross = _depth_cross(session, loaded, config, plan.drop_layers) if plan.drop_layers else {}
+    start = None if exact else _neighbour(refits, setting, plan)
+    weights = refit_weights(loaded, plan, stats.gram, config.ridge, cross,
+                            _refit_solvers(session, loaded, config, stats.gram, scores.neurons),
+                            start=None if start is None else (start.plan, start.weights))
+    refits[key] = _CachedRefit(plan, weights, exact=start is None)
+    refits.move_to_end(key)
+    while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
+        refits.popitem(last=False)
+    return plan, weights
 
 
 def _baseline(session, loaded: LoadedModel, name: str, blocks: torch.Tensor) -> float:
@@ -293,7 +320,7 @@ def apply(session, config: PruneConfig, progress: Progress = null_progress,
           should_stop=lambda: False) -> LoadedModel:
     """Slice a deep copy of the working model into the session's student; record the step."""
     source_role = "student" if session.has("student") else "base"
-    plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.7), should_stop)
+    plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.7), should_stop, exact=True)
     if plan.is_empty():
         raise PruningError("These settings remove nothing (all fractions round to zero); raise "
                            "the MLP or head fraction or the number of layers.")

@@ -161,6 +161,11 @@ class RefitSolver:
     y: torch.Tensor | None = None  # W[:, order] F⁻ᵀ for the down_proj weight it was built with
     weight_key: tuple | None = None
 
+    @property
+    def rank(self) -> torch.Tensor:
+        """Each neuron's position in `order`."""
+        return self.order.argsort()
+
 
 def _weight_key(weight: torch.Tensor) -> tuple:
     # storage, in-place version and shape: a trained or replaced weight no longer matches
@@ -192,7 +197,8 @@ def refit_solver(gram: torch.Tensor, ridge: float, scores: torch.Tensor | None,
 
 
 def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, ridge: float,
-               cross: torch.Tensor | None = None, solver: RefitSolver | None = None) -> torch.Tensor:
+               cross: torch.Tensor | None = None, solver: RefitSolver | None = None,
+               start: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """down_proj columns for the kept neurons that best reproduce the full layer output on the
     calibration activations: argmin ‖X Wᵀ + Δ − X_k W'ᵀ‖² + λ‖W' − W[:, k]‖², i.e.
     W' = (W G[:, k] + C[:, k] + λ W[:, k]) (G[k, k] + λI)⁻¹ with λ = ridge · mean diag G.
@@ -203,10 +209,17 @@ def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, rid
     With a `solver` whose order puts the removed neurons first, and fewer removed than kept, the
     optimal-brain-surgeon form W' = V[:, k] − V[:, r] H[r, r]⁻¹ H[r, k] (V = W + C H) costs one
     product (plus a triangular solve with the depth term): a first preview waits for this.
+    `start` = (keep0, refit0), the solver-path refit of a setting that removed fewer of the least
+    important neurons, makes the product cover only the newly removed ones (a slider moved on):
+    the same weights up to float rounding.
     Otherwise it is solved directly as a correction to the kept columns, W[:, k] + (W[:, r] G[r, k] + C[:, k])
-    (G[k, k] + λI)⁻¹. Both are the same minimiser (tests/test_surgery.py)."""
+    (G[k, k] + λI)⁻¹. All are the same minimiser (tests/test_surgery.py)."""
     if solver is not None and (~keep).sum() <= keep.sum():
-        refit = _refit_with_solver(weight, solver, keep.to(solver.factor.device), cross)
+        device = solver.factor.device
+        refit = (_extend_refit(weight, solver, keep.to(device), cross, start) if start is not None
+                 else None)
+        if refit is None:
+            refit = _refit_with_solver(weight, solver, keep.to(device), cross)
         if refit is not None:
             return refit.to(weight.dtype)
     kept = keep.to(gram.device).nonzero().flatten()
@@ -232,6 +245,25 @@ def _refit_with_solver(weight, solver: RefitSolver, keep, cross):
             y = torch.linalg.solve_triangular(f[:r, :r], v[:, :r].T, upper=False).T  # V_r F_rr⁻ᵀ
             refit = refit - y @ f[r:, :r].T
     return refit[:, kept_order.argsort()]  # back to ascending neuron index, as slicing keeps them
+
+
+def _extend_refit(weight, solver: RefitSolver, keep, cross, start):
+    """W'(r) = W'(r0)[:, still kept] − Y[:, r0:r] F[k, r0:r]ᵀ: the solver-path refit for the r
+    least important removed, from one for r0 ≤ r of them; None when `start` is not such a refit."""
+    keep0, refit0 = start
+    f, order = solver.factor, solver.order
+    keep0 = keep0.to(f.device)
+    r, r0 = int((~keep).sum()), int((~keep0).sum())
+    usable = (cross is None and solver.y is not None and solver.weight_key == _weight_key(weight)
+              and refit0.dtype == f.dtype and r0 <= r and not keep0[order[:r0]].any()
+              and not keep[order[:r]].any())
+    if not usable:
+        return None
+    kept = keep.nonzero().flatten()  # ascending, as the refit's columns are
+    columns = torch.searchsorted(keep0.nonzero().flatten(), kept)
+    rows = solver.rank.index_select(0, kept)
+    return refit0.to(f.device).index_select(1, columns) - (
+        solver.y[:, r0:r] @ f[:, r0:r].index_select(0, rows).T)
 
 
 def _refit_direct(weight, gram, kept, removed, ridge, cross):
@@ -301,10 +333,12 @@ def depth_cross(loaded: LoadedModel, blocks: torch.Tensor, drop_layers) -> dict[
 
 
 def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ridge: float,
-                  cross: dict[int, torch.Tensor] | None = None, solvers=None) -> dict:
+                  cross: dict[int, torch.Tensor] | None = None, solvers=None,
+                  start: tuple[PruningPlan, dict] | None = None) -> dict:
     """{layer: refit down_proj weight [D, kept]} for every layer whose neurons are pruned or that
     takes over removed layers' contribution (`cross`, from depth_cross). `solvers`: per-layer
-    RefitSolver (None entries allowed) that make a new setting's solve cheap."""
+    RefitSolver (None entries allowed) that make a new setting's solve cheap; `start`: (plan, refit)
+    of a setting that removed fewer neurons, which the solvers extend (see refit_down)."""
     layers = loaded.adapter.layers(loaded.model)
     cross = cross or {}
     out = {}
@@ -312,7 +346,10 @@ def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ri
         down = loaded.adapter.glu(layers[i])[2]
         keep = _kept_columns(plan, i, down.weight.shape[1])
         solver = solvers[i] if solvers is not None else None
-        refit = refit_down(down.weight, gram[i], keep, ridge, cross.get(i), solver)
+        layer_start = None
+        if start is not None and i in start[0].neuron_keep and i in start[1]:
+            layer_start = (start[0].neuron_keep[i], start[1][i])
+        refit = refit_down(down.weight, gram[i], keep, ridge, cross.get(i), solver, layer_start)
         out[i] = refit.to(down.weight.device)
     return out
 

@@ -13,7 +13,7 @@ from studio.pruning import PruneConfig, apply, plan_for, save_pruned
 from studio.stats import calibration_stats
 from studio.surgery import (kept_layout, kept_width, masked, planned_params, refit_down,
                             refit_solver, sliced_view)
-from studio.surgery import _refit_with_solver
+from studio.surgery import _extend_refit, _refit_with_solver
 
 CALIB = dict(calib_source="builtin:python-docs", calib_tokens=256, calib_block=128)
 CASES = {
@@ -153,6 +153,56 @@ def test_refit_from_the_cached_solver_equals_the_direct_solve(ridge, removed, wi
         grad = direct.double() @ (gram[k][:, k] + lam * torch.eye(len(k))).double() \
             - (weight @ gram[:, k] + c + lam * weight[:, k]).double()
         assert grad.abs().max() < 1e-4 * weight.abs().max()
+
+
+def test_a_moved_slider_extends_the_neighbouring_refit():
+    """A refit for the r0 least important removed, extended to r ≥ r0 by the newly removed
+    neurons' product alone, equals the refit solved for r; fewer removed, another order, a depth
+    term or a stale weight are not extended."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(400, 48, generator=gen) @ torch.randn(48, 48, generator=gen) * 0.3
+    gram, weight = x.T @ x / 400, torch.randn(16, 48, generator=gen)
+    scores = torch.rand(48, generator=gen)
+    solver = refit_solver(gram, 0.3, scores, weight)
+
+    def top(removed):
+        keep = torch.ones(48, dtype=torch.bool)
+        keep[scores.argsort()[:removed]] = False
+        return keep
+
+    for r0, r in ((0, 10), (5, 20), (12, 13), (20, 20)):
+        start = (top(r0), refit_down(weight, gram, top(r0), 0.3, solver=solver))
+        extended = _extend_refit(weight, solver, top(r), None, start)
+        want = refit_down(weight, gram, top(r), 0.3)
+        assert extended is not None and extended.shape == want.shape
+        assert (extended - want).abs().max() <= 1e-5 * want.abs().max()
+        assert torch.equal(refit_down(weight, gram, top(r), 0.3, solver=solver, start=start),
+                           extended)
+    start = (top(20), refit_down(weight, gram, top(20), 0.3, solver=solver))
+    other = top(20)
+    other[scores.argsort()[-1]] = False
+    assert _extend_refit(weight, solver, top(10), None, start) is None  # fewer removed
+    assert _extend_refit(weight, solver, other, None, start) is None  # not the ranking's bottom
+    assert _extend_refit(weight, solver, top(25), torch.ones(16, 48), start) is None
+    assert _extend_refit(weight + 1, solver, top(25), None, start) is None  # another weight
+
+
+def test_previews_extend_refits_and_apply_solves_from_scratch(tiny_session):
+    """Moving the MLP slider on reuses the cached neighbour; Apply's weights do not depend on
+    which settings were previewed, and agree with the extended preview's to float rounding."""
+    session = tiny_session("llama")
+    plan_for(session, PruneConfig(mlp_ratio=0.2, **CALIB))
+    plan, extended = plan_for(session, PruneConfig(mlp_ratio=0.4, **CALIB))
+    cached = list(session.cache["prune-refits"].values())
+    assert [entry.exact for entry in cached] == [True, False]
+    fresh_session = tiny_session("llama")
+    _, scratch = plan_for(fresh_session, PruneConfig(mlp_ratio=0.4, **CALIB), exact=True)
+    for i, weight in scratch.items():
+        assert (extended[i] - weight).abs().max() <= 1e-5 * weight.abs().max()
+    student = apply(session, PruneConfig(mlp_ratio=0.4, **CALIB))
+    fresh = apply(fresh_session, PruneConfig(mlp_ratio=0.4, **CALIB))
+    for a, b in zip(student.model.state_dict().values(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_width_and_head_rounding_rules():
