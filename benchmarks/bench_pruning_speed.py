@@ -105,10 +105,10 @@ def start_studio(workspace: Path, timeout: float = 300.0):
     return proc, url
 
 
-def preview_settings(mlp_ratio: float, reconstruct: bool, tokens: int) -> list:
+def preview_settings(mlp_ratio: float, reconstruct: bool, tokens: int, calib_tokens: int = 4096) -> list:
     """The 17 settings of /preview_pruning, in components.pruning_logic.SETTINGS order."""
     return [mlp_ratio, 0.0, 0, "per-group", "block_influence", [], "activation", "activation",
-            reconstruct, 1, WIKI_VALID, 4096, WIKI_TEST, PUBMEDQA_TEST, True, True, tokens]
+            reconstruct, 1, WIKI_VALID, calib_tokens, WIKI_TEST, PUBMEDQA_TEST, True, True, tokens]
 
 
 FIRST_RATIOS = (0.3, 0.4, 0.25, 0.35, 0.45)  # more settings than the refit cache holds (4)
@@ -164,31 +164,43 @@ def preview_latency(args) -> list[str]:
     pairs = {}  # (reconstruct, kind) -> [(preview s, bare s, engine s)]
     stages = {}  # (reconstruct, kind) -> [engine timings]
 
-    def timed(ratio, reconstruct, kind):
+    def timed(ratio, reconstruct, kind, calib_tokens=4096):
         time.sleep(SETTLE_S)
         bare = bare_forward_seconds(models[ratio, reconstruct], sets)
         time.sleep(SETTLE_S)  # let this process's spinning OpenMP threads park before the server runs
         started = time.perf_counter()
-        out = client.predict(*preview_settings(ratio, reconstruct, args.preview_tokens),
+        out = client.predict(*preview_settings(ratio, reconstruct, args.preview_tokens, calib_tokens),
                              api_name="/preview_pruning")
+        kind = f"{kind}, {out['refit']}" if reconstruct else kind
         pairs.setdefault((reconstruct, kind), []).append((time.perf_counter() - started, bare,
                                                           out["seconds"]))
         stages.setdefault((reconstruct, kind), []).append(out["timings"])
 
+    def untimed(api, ratio, reconstruct, calib_tokens=4096):
+        client.predict(*preview_settings(ratio, reconstruct, args.preview_tokens, calib_tokens),
+                       api_name=api)
+
     try:
         client = Client(url, verbose=False)
         for reconstruct in (True, False):
+            if reconstruct:
+                # a slider moved down from 50%: no cached setting removed fewer neurons, so each
+                # refit is solved from scratch; each round calibrates on a new token count so
+                # that the refit cache starts empty (scores, Gram and solvers untimed)
+                for round_ in range(args.preview_repeats):
+                    calib = 4096 + 512 * (round_ + 1)
+                    untimed("/compute_importance", 0.5, True, calib)
+                    untimed("/preview_pruning", 0.5, True, calib)
+                    for ratio in sorted(FIRST_RATIOS, reverse=True):
+                        timed(ratio, True, "first", calib)
             # warm-up: statistics, scores, Gram matrix and baselines are computed once per source
-            client.predict(*preview_settings(0.2, reconstruct, args.preview_tokens),
-                           api_name="/compute_importance")
-            client.predict(*preview_settings(0.2, reconstruct, args.preview_tokens),
-                           api_name="/preview_pruning")
+            untimed("/compute_importance", 0.2, reconstruct)
+            untimed("/preview_pruning", 0.2, reconstruct)
             for _ in range(args.preview_repeats):
                 for ratio in FIRST_RATIOS:  # a slider move to a setting not in the cache
                     timed(ratio, reconstruct, "first")
             for ratio in (0.3, 0.4):  # the same setting again (refit and plan cached)
-                client.predict(*preview_settings(ratio, reconstruct, args.preview_tokens),
-                               api_name="/preview_pruning")  # into the cache, untimed
+                untimed("/preview_pruning", ratio, reconstruct)  # into the cache, untimed
                 for _ in range(args.preview_repeats):
                     timed(ratio, reconstruct, "repeat")
     finally:
@@ -201,9 +213,12 @@ def preview_latency(args) -> list[str]:
              f"{args.preview_tokens} of PubMedQA test, MLP {', '.join(f'{r:.0%}' for r in FIRST_RATIOS)}), "
              "after /compute_importance; each preview timed right after one bare forward pass of "
              f"the same applied model over the same tokens in the benchmark process "
-             f"({args.preview_repeats} rounds). first = a new setting (plan, refit solve, sliced view; "
-             "the settings cycle through more than the refit cache holds); repeat = 30% and 40% "
-             "again (cached).", "",
+             f"({args.preview_repeats} rounds). first = a new setting (plan, refit, sliced view); "
+             "with the refit, the engine says how it got it: solved = from scratch (the slider "
+             "moved down from 50% on a fresh calibration, so no cached setting removed fewer "
+             "neurons), extended = from the cached setting that removed the most neurons short of "
+             "this one (the settings cycle through more than the refit cache holds; a 20% preview "
+             "came first); repeat = 30% and 40% again (cached).", "",
              "| refit | preview | n | preview median (s) | of which in the engine (s) | bare median (s) "
              "| preview / bare, median | worst |", "|---|---|---|---|---|---|---|---|"]
     for (reconstruct, kind), got in pairs.items():

@@ -244,18 +244,25 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
     """(plan, refit weights or None) for the working model; the refit is cached per plan. A
     preview may extend a neighbouring setting's refit (a slider moved on); `exact` (Apply) always
     solves from scratch, so the applied weights never depend on which settings were previewed."""
+    plan, weights, _ = _plan_and_refit(session, config, progress, should_stop, exact)
+    return plan, weights
+
+
+def _plan_and_refit(session, config: PruneConfig, progress: Progress, should_stop,
+                    exact: bool) -> tuple[PruningPlan, dict | None, str]:
+    """plan_for, plus how the refit was found: none, cached, extended or solved."""
     loaded = session.working()
     scores = compute_importance(session, config, progress, should_stop)
     plan = make_plan(loaded, scores, config)
     if not (config.uses_refit() and (plan.neuron_keep or plan.drop_layers)):
-        return plan, None
+        return plan, None, "none"
     setting = ("prune-refit", loaded.fingerprint(), config.calib_source, config.calib_tokens,
                config.calib_block, config.seed, config.ridge, tuple(sorted(plan.drop_layers)))
     key = (*setting, _masks_digest(plan.neuron_keep))
     refits = session.cache.setdefault("prune-refits", OrderedDict())
     if key in refits and (refits[key].exact or not exact):
         refits.move_to_end(key)
-        return plan, refits[key].weights
+        return plan, refits[key].weights, "cached"
     stats = calibration_stats(session, config.calib_source, config.calib_tokens,
                               config.calib_block, config.seed, with_gram=True)
     cross = _depth_cross(session, loaded, config, plan.drop_layers) if plan.drop_layers else {}
@@ -267,7 +274,7 @@ def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
     refits.move_to_end(key)
     while len(refits) > REFIT_CACHE_SIZE:  # a refit is a full set of down_proj weights
         refits.popitem(last=False)
-    return plan, weights
+    return plan, weights, "solved" if start is None else "extended"
 
 
 def _baseline(session, loaded: LoadedModel, name: str, blocks: torch.Tensor) -> float:
@@ -296,9 +303,11 @@ def preview(session, config: PruneConfig, eval_sources: dict[str, str], eval_tok
     """Perplexity of the plan (equals the applied model's), next to the baseline."""
     loaded = session.working()
     started = time.perf_counter()
-    plan, refit = plan_for(session, config, scaled(progress, 0.0, 0.8), should_stop)
+    plan, refit, how = _plan_and_refit(session, config, scaled(progress, 0.0, 0.8), should_stop,
+                                       exact=False)
     block = min(block, eval_tokens)
-    result = {"perplexity": {}, "baseline": {}, "timings": {"plan": time.perf_counter() - started}}
+    result = {"perplexity": {}, "baseline": {}, "refit": how,
+              "timings": {"plan": time.perf_counter() - started}}
     with session.lock, _preview_model(session, loaded, plan, refit) as model:
         result["timings"]["model"] = time.perf_counter() - started - result["timings"]["plan"]
         for name, source in eval_sources.items():
