@@ -229,20 +229,19 @@ def _removed_neurons(plan: PruningPlan) -> int:
 
 
 def _neighbour(refits: OrderedDict, setting: tuple, plan: PruningPlan) -> _CachedRefit | None:
-    """The cached refit of the same calibration that removed the most neurons without removing
-    more than `plan`: the solvers extend it by the difference (surgery.refit_down)."""
+    """The cached refit of the same calibration closest to `plan` in neurons removed: the
+    solvers extend it by the difference (surgery.refit_down)."""
     if plan.drop_layers:
         return None
     removed = _removed_neurons(plan)
-    candidates = [entry for key, entry in refits.items()
-                  if key[:-1] == setting and _removed_neurons(entry.plan) <= removed]
-    return max(candidates, key=lambda e: _removed_neurons(e.plan), default=None)
+    candidates = [entry for key, entry in refits.items() if key[:-1] == setting]
+    return min(candidates, key=lambda e: abs(_removed_neurons(e.plan) - removed), default=None)
 
 
 def plan_for(session, config: PruneConfig, progress: Progress = null_progress,
              should_stop=lambda: False, exact: bool = False) -> tuple[PruningPlan, dict | None]:
     """(plan, refit weights or None) for the working model; the refit is cached per plan. A
-    preview may extend a neighbouring setting's refit (a slider moved on); `exact` (Apply) always
+    preview extends the nearest cached setting's refit (a slider moved on); `exact` (Apply) always
     solves from scratch, so the applied weights never depend on which settings were previewed."""
     plan, weights, _ = _plan_and_refit(session, config, progress, should_stop, exact)
     return plan, weights

@@ -209,8 +209,8 @@ def refit_down(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, rid
     With a `solver` whose order puts the removed neurons first, and fewer removed than kept, the
     optimal-brain-surgeon form W' = V[:, k] − V[:, r] H[r, r]⁻¹ H[r, k] (V = W + C H) costs one
     product (plus a triangular solve with the depth term): a first preview waits for this.
-    `start` = (keep0, refit0), the solver-path refit of a setting that removed fewer of the least
-    important neurons, makes the product cover only the newly removed ones (a slider moved on):
+    `start` = (keep0, refit0), the solver-path refit of another number of least important neurons
+    removed (a slider moved on), makes the product cover only the neurons whose fate changed:
     the same weights up to float rounding.
     Otherwise it is solved directly as a correction to the kept columns, W[:, k] + (W[:, r] G[r, k] + C[:, k])
     (G[k, k] + λI)⁻¹. All are the same minimiser (tests/test_surgery.py)."""
@@ -248,22 +248,28 @@ def _refit_with_solver(weight, solver: RefitSolver, keep, cross):
 
 
 def _extend_refit(weight, solver: RefitSolver, keep, cross, start):
-    """W'(r) = W'(r0)[:, still kept] − Y[:, r0:r] F[k, r0:r]ᵀ: the solver-path refit for the r
-    least important removed, from one for r0 ≤ r of them; None when `start` is not such a refit."""
+    """The solver-path refit for the r least important removed, from one for r0 of them:
+    W'(r) = Y[:, r:] F[k, r:]ᵀ, so W'(r) = W'(r0)[:, still kept] ∓ Y[:, lo:hi] F[k, lo:hi]ᵀ,
+    where neurons that come back start from zero (F is lower triangular). Costs D·|r − r0|·k
+    instead of D·r·k. None when `start` is not such a refit of this weight."""
     keep0, refit0 = start
     f, order = solver.factor, solver.order
     keep0 = keep0.to(f.device)
     r, r0 = int((~keep).sum()), int((~keep0).sum())
     usable = (cross is None and solver.y is not None and solver.weight_key == _weight_key(weight)
-              and refit0.dtype == f.dtype and r0 <= r and not keep0[order[:r0]].any()
+              and refit0.dtype == f.dtype and not keep0[order[:r0]].any()
               and not keep[order[:r]].any())
     if not usable:
         return None
     kept = keep.nonzero().flatten()  # ascending, as the refit's columns are
-    columns = torch.searchsorted(keep0.nonzero().flatten(), kept)
     rows = solver.rank.index_select(0, kept)
-    return refit0.to(f.device).index_select(1, columns) - (
-        solver.y[:, r0:r] @ f[:, r0:r].index_select(0, rows).T)
+    lo, hi = min(r, r0), max(r, r0)
+    change = solver.y[:, lo:hi] @ f[:, lo:hi].index_select(0, rows).T
+    refit0 = refit0.to(f.device)
+    if r0 <= r:  # more removed: every kept column was kept before
+        return refit0.index_select(1, torch.searchsorted(keep0.nonzero().flatten(), kept)) - change
+    change[:, keep0.index_select(0, kept)] += refit0  # kept0 ⊂ kept, both ascending
+    return change
 
 
 def _refit_direct(weight, gram, kept, removed, ridge, cross):
@@ -338,7 +344,7 @@ def refit_weights(loaded: LoadedModel, plan: PruningPlan, gram: torch.Tensor, ri
     """{layer: refit down_proj weight [D, kept]} for every layer whose neurons are pruned or that
     takes over removed layers' contribution (`cross`, from depth_cross). `solvers`: per-layer
     RefitSolver (None entries allowed) that make a new setting's solve cheap; `start`: (plan, refit)
-    of a setting that removed fewer neurons, which the solvers extend (see refit_down)."""
+    of a neighbouring setting, which the solvers extend (see refit_down)."""
     layers = loaded.adapter.layers(loaded.model)
     cross = cross or {}
     out = {}

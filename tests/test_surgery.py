@@ -156,9 +156,9 @@ def test_refit_from_the_cached_solver_equals_the_direct_solve(ridge, removed, wi
 
 
 def test_a_moved_slider_extends_the_neighbouring_refit():
-    """A refit for the r0 least important removed, extended to r ≥ r0 by the newly removed
-    neurons' product alone, equals the refit solved for r; fewer removed, another order, a depth
-    term or a stale weight are not extended."""
+    """A refit for the r0 least important removed, extended to r by the product over the neurons
+    whose fate changed alone (up or down the slider), equals the refit solved for r; another
+    order, a depth term or a stale weight are not extended."""
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(400, 48, generator=gen) @ torch.randn(48, 48, generator=gen) * 0.3
     gram, weight = x.T @ x / 400, torch.randn(16, 48, generator=gen)
@@ -170,7 +170,7 @@ def test_a_moved_slider_extends_the_neighbouring_refit():
         keep[scores.argsort()[:removed]] = False
         return keep
 
-    for r0, r in ((0, 10), (5, 20), (12, 13), (20, 20)):
+    for r0, r in ((0, 10), (5, 20), (12, 13), (20, 20), (10, 5), (20, 0), (13, 12)):
         start = (top(r0), refit_down(weight, gram, top(r0), 0.3, solver=solver))
         extended = _extend_refit(weight, solver, top(r), None, start)
         want = refit_down(weight, gram, top(r), 0.3)
@@ -181,7 +181,6 @@ def test_a_moved_slider_extends_the_neighbouring_refit():
     start = (top(20), refit_down(weight, gram, top(20), 0.3, solver=solver))
     other = top(20)
     other[scores.argsort()[-1]] = False
-    assert _extend_refit(weight, solver, top(10), None, start) is None  # fewer removed
     assert _extend_refit(weight, solver, other, None, start) is None  # not the ranking's bottom
     assert _extend_refit(weight, solver, top(25), torch.ones(16, 48), start) is None
     assert _extend_refit(weight + 1, solver, top(25), None, start) is None  # another weight
@@ -191,7 +190,7 @@ def test_previews_extend_refits_and_apply_solves_from_scratch(tiny_session):
     """Moving the MLP slider on reuses the cached neighbour; Apply's weights do not depend on
     which settings were previewed, and agree with the extended preview's to float rounding."""
     session = tiny_session("llama")
-    plan_for(session, PruneConfig(mlp_ratio=0.2, **CALIB))
+    plan_for(session, PruneConfig(mlp_ratio=0.5, **CALIB))
     plan, extended = plan_for(session, PruneConfig(mlp_ratio=0.4, **CALIB))
     cached = list(session.cache["prune-refits"].values())
     assert [entry.exact for entry in cached] == [True, False]
