@@ -20,6 +20,9 @@ def parse_args(argv=None):
     parser.add_argument("--share", action="store_true", help="open a public Gradio share link")
     parser.add_argument("--memory-limit-mib", type=int, default=None,
                         help="refuse loads beyond this much model memory (an OOM guard)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the warnings and the server settings as JSON, then exit without "
+                             "loading a model or serving")
     return parser.parse_args(argv)
 
 
@@ -29,6 +32,12 @@ def exposure_warning(host: str, auth) -> str | None:
         return None
     return (f"Binding {host} without --auth: anyone who can reach this machine can use the studio "
             "and its models; add --auth USER:PASS.")
+
+
+def launch_settings(args, workspace, auth) -> dict:
+    """Keyword arguments for `Blocks.launch`: Gradio may serve files from the workspace alone."""
+    return {"server_name": args.host, "server_port": args.port, "auth": auth, "share": args.share,
+            "allowed_paths": [str(workspace)], "show_error": True}
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -59,23 +68,29 @@ def main(argv=None) -> int:
     if warning:
         log.warning(warning)
 
-    from components.app import build_app
     from studio.errors import StudioError
     from studio.session import Session
 
     try:
         limit = args.memory_limit_mib << 20 if args.memory_limit_mib else None
         session = Session(args.workspace, device=args.device, memory_limit_bytes=limit)
+        settings = launch_settings(args, session.workspace, auth)
+        if args.dry_run:
+            import json
+
+            print(json.dumps({**settings, "auth": None if auth is None else "***"}))
+            return 0
         if args.model != "none":
             log.info("Loading %s ...", args.model)
             session.load(args.model, progress=lambda f, m="": log.info("[%3.0f%%] %s", f * 100, m))
     except StudioError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    from components.app import build_app  # gradio: imported only when serving
+
     demo = build_app(session)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share,
-                allowed_paths=[str(session.workspace)], show_error=True)
+    demo.launch(**settings)
     return 0
 
 

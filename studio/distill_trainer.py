@@ -2,7 +2,7 @@
 
 The Trainer brings gradient accumulation, the cosine schedule, mixed precision, checkpoints,
 resume and data parallelism (torchrun / accelerate); this subclass only changes the loss and
-reports the loss components in the logs.
+reports the loss components in the logs (checkpoints: safetensors + JSON, see studio.checkpoints).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import logging
 import torch
 from transformers import Trainer
 
+from studio.checkpoints import SafeCheckpointMixin
 from studio.distill_loss import distillation_loss
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(SafeCheckpointMixin, Trainer):
     """compute_loss = α·CE + β·T²·KL + γ·(1 − cos); `teacher=None` trains on CE alone (used for
     teacher correction). The teacher never gets gradients and runs in bf16 autocast on CUDA."""
 

@@ -162,8 +162,10 @@ def _compare(model, tokenizer, eval_set, prompts, config, progress: Progress, sh
 
 def train_lora(session, config: LoraConfig, job=None, progress: Progress = null_progress) -> dict:
     """Train an adapter on a copy of the working model; the result waits in the 'lora' role."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from studio.checkpoints import SafeTrainer  # checkpoints without pickle
 
     _validate(config)
     progress = job.progress if job is not None else progress
@@ -205,9 +207,9 @@ def train_lora(session, config: LoraConfig, job=None, progress: Progress = null_
         seed=config.seed, use_cpu=copy.device.type == "cpu", disable_tqdm=True,
         bf16=copy.dtype == torch.bfloat16, remove_unused_columns=False, label_names=["labels"],
         dataloader_pin_memory=False)
-    trainer = Trainer(model=peft_model, args=args, train_dataset=train_set,
-                      data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
-                      callbacks=[callback])
+    trainer = SafeTrainer(model=peft_model, args=args, train_dataset=train_set,
+                          data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
+                          callbacks=[callback])
     for printer in (PrinterCallback, ProgressCallback):  # stdout belongs to the CLI's JSON
         trainer.remove_callback(printer)
     resume = None

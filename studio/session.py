@@ -73,8 +73,10 @@ class Session:
             if role == BASE:
                 for old in list(self.models):
                     self.unload(old)
+                # the security ticks are part of the recipe: a replay asks for the same consent
                 self.recipe = [{"step": "load", "model": spec, "dtype": str(loaded.dtype),
-                                "trust_remote_code": trust_remote_code}]
+                                "trust_remote_code": bool(trust_remote_code),
+                                "allow_pickle": bool(allow_pickle)}]
             else:
                 self.unload(role)
             self.models[role] = loaded

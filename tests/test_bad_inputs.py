@@ -390,6 +390,13 @@ UI_CASES = {
 }
 
 
+def _summary_and_answer(client) -> tuple[dict, dict]:
+    """Two real calls on the served session: the working model's summary and a 2-token generation."""
+    summary, _ = client.predict(api_name="/model_summary")
+    _, timing = client.predict("Hello", 2, "working", api_name="/generate")
+    return summary, timing
+
+
 @pytest.mark.parametrize("case", list(UI_CASES))
 def test_ui_bad_input(ctx, client, case):
     from gradio_client.exceptions import AppError
@@ -398,12 +405,19 @@ def test_ui_bad_input(ctx, client, case):
     args = tuple(a.format(**{k: str(v) for k, v in ctx.files.items()}) if isinstance(a, str) else a
                  for a in args)
     before = client.predict(api_name="/session_status")["models"]
+    summary_before, _ = _summary_and_answer(client)
     with pytest.raises(AppError) as err:
         client.predict(*args, api_name=api)
     message = str(err.value)
     assert expected.lower() in message.lower(), message
     assert_actionable(message)
+    # the session still answers, with the model it had (the server preloads the default model)
     after = client.predict(api_name="/session_status")
+    assert after["models"]["base"]["spec"] == "default", after["models"]
     assert after["models"].keys() == before.keys()
     assert {r: m["spec"] for r, m in after["models"].items()} == \
         {r: m["spec"] for r, m in before.items()}
+    summary_after, timing = _summary_and_answer(client)
+    keys = ("spec", "family", "params", "layers", "fingerprint", "device")
+    assert {k: summary_after[k] for k in keys} == {k: summary_before[k] for k in keys}
+    assert timing["new_tokens"] > 0, timing

@@ -30,8 +30,10 @@ def test_memory_is_accounted_and_freed(tmp_path):
 
 
 def test_prune_and_distill_on_cuda(tmp_path):
+    import math
+
     from studio import distill, pruning
-    from studio.session import Session
+    from studio.session import STUDENT, Session
 
     session = Session(tmp_path / "ws")
     session.load("default")
@@ -39,7 +41,13 @@ def test_prune_and_distill_on_cuda(tmp_path):
     student = pruning.apply(session, config)
     assert student.device.type == "cuda"
     assert student.adapter.intermediate_size(student.config) < 1536
-    result = distill.replay_step(session, {"steps": 3, "batch": 2, "block": 128,
+    result = distill.replay_step(session, {"steps": 3, "batch": 2, "block": 128, "eval_tokens": 512,
                                            "data": "builtin:python-docs",
-                                           "eval": "builtin:python-docs"}, lambda f, m="": None)
-    assert result is not None
+                                           "eval_source": "builtin:python-docs"}, lambda f, m="": None)
+    assert result["steps"] == 3 and not result["stopped"]
+    for key in ("train_loss", "ppl_teacher", "ppl_before", "ppl_after"):
+        assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    trained = session.get(STUDENT)
+    assert trained.device.type == "cuda"
+    assert all(p.is_cuda for p in trained.model.parameters())
+    assert session.recipe[-1]["step"] == "distill" and session.recipe[-1]["completed_steps"] == 3
