@@ -1,8 +1,18 @@
 """Every model in the session side by side: size, perplexity, task scores, speed, memory;
-and one prompt answered by every model (timed)."""
+and one prompt answered by every model (timed).
+
+Distillation and LoRA merging change the student in place, so the table keeps the rows it has
+measured: every row is remembered under the workspace (`compare/rows.json`) with the model's
+lineage (its source plus each prefix of its step history), and a later comparison shows the rows
+of the current models' earlier states ("student (pruned)") before the current ones
+("student (pruned → distilled)") without keeping those models in memory.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -19,6 +29,8 @@ log = logging.getLogger(__name__)
 COLUMNS = ["role", "params", "params_pct", "disk_mib", "ppl_general", "ppl_domain",
            "forward_tok_s", "ttft_s", "gen_tok_s", "peak_mem_mib"]
 ROLE_ORDER = ["base", "student", "lora"]
+ROWS_FILE = ("compare", "rows.json")
+PAST = {"prune": "pruned", "distill": "distilled", "lora": "LoRA-merged"}
 
 
 @dataclass
@@ -38,9 +50,15 @@ def session_roles(session, roles=()) -> list[str]:
     return sorted(chosen, key=lambda r: (ROLE_ORDER.index(r) if r in ROLE_ORDER else 99, r))
 
 
+def model_key(loaded) -> str:
+    """The model's fingerprint; an unmerged adapter (role 'lora') shares its base's config and
+    history, so it is marked apart (its scores and rows are its own)."""
+    return loaded.fingerprint() + _adapter_suffix(loaded)
+
+
 def task_scores(session, loaded) -> dict:
     """lm-eval scores computed earlier for this exact model ({task: score})."""
-    return dict(session.cache.get("lm_eval", {}).get(loaded.fingerprint(), {}))
+    return dict(session.cache.get("lm_eval", {}).get(model_key(loaded), {}))
 
 
 def _peak_memory(model, blocks: torch.Tensor, device: torch.device) -> float:
@@ -76,16 +94,91 @@ def _unique(tensors):
             yield t
 
 
+def _settings_key(config: CompareConfig) -> str:
+    """Rows measured with other sources or lengths are not comparable; this tells them apart."""
+    return json.dumps([config.general_source, config.domain_source, config.eval_tokens,
+                       config.block, config.prompt, config.gen_tokens])
+
+
+def _adapter_suffix(loaded) -> str:
+    """An unmerged adapter (role 'lora') shares its base's config and history: mark it apart."""
+    return "+adapter" if hasattr(loaded.model, "peft_config") else ""
+
+
+def lineage(loaded) -> list[str]:
+    """Identity of each state the model went through: a digest of (source, history[:k]) for
+    k = 0..len(history); the last one is the model as it is now."""
+    out = []
+    for k in range(len(loaded.history) + 1):
+        payload = json.dumps([loaded.source, loaded.history[:k]], sort_keys=True, default=str)
+        out.append(hashlib.sha1(payload.encode()).hexdigest()[:16])
+    out[-1] += _adapter_suffix(loaded)
+    return out
+
+
+def state_label(role: str, history: list) -> str:
+    """'base', 'student (pruned → distilled)', 'lora (pruned)': the role and the steps behind it
+    (a resumed distillation is the same run, so it is not named twice)."""
+    words = []
+    for entry in history:
+        step = entry.get("step") if isinstance(entry, dict) else str(entry)
+        if isinstance(entry, dict) and step == "distill" and entry.get("resume"):
+            continue
+        words.append(PAST.get(step, str(step)))
+    return f"{role} ({' → '.join(words)})" if words else role
+
+
+def _rows_path(session):
+    return session.path(*ROWS_FILE)
+
+
+def load_rows(session) -> list[dict]:
+    """Every row measured in this workspace (a missing or damaged file reads as none)."""
+    path = _rows_path(session)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return rows if isinstance(rows, list) else []
+
+
+def _remember(session, entry: dict) -> None:
+    """Add (or replace) one measured row in compare/rows.json, written atomically."""
+    with session.lock:
+        rows = [r for r in load_rows(session)
+                if (r.get("state"), r.get("settings")) != (entry["state"], entry["settings"])]
+        rows.append(entry)
+        path = _rows_path(session)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rows, indent=1, default=str), encoding="utf-8")
+        tmp.replace(path)
+
+
 def model_row(session, role: str, config: CompareConfig, base_params: int | None,
               should_stop=lambda: False) -> dict:
     loaded = session.get(role)
-    key = ("compare", loaded.fingerprint(), config.general_source, config.domain_source,
+    label = state_label(role, loaded.history)
+    key = ("compare", model_key(loaded), config.general_source, config.domain_source,
            config.eval_tokens, config.block, config.prompt, config.gen_tokens)
-    if key in session.cache:
-        return {**session.cache[key], **_task_columns(session, loaded)}
+    row = session.cache.get(key)
+    if row is None:
+        row = _measure(session, loaded, config, base_params, should_stop)
+        if should_stop():  # a perplexity cut short is not a measurement to keep
+            return {**row, "role": label, **_task_columns(session, loaded)}
+        session.cache[key] = row
+    row = {**row, "role": label}
+    _remember(session, {"state": lineage(loaded)[-1], "fingerprint": model_key(loaded),
+                        "steps": len(loaded.history), "role": role, "label": label,
+                        "settings": _settings_key(config), "task_scores": task_scores(session, loaded),
+                        "row": row, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return {**row, **_task_columns(session, loaded)}
+
+
+def _measure(session, loaded, config: CompareConfig, base_params: int | None, should_stop) -> dict:
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     params = parameter_count(model)
-    row = {"role": role, "params": params,
+    row = {"params": params,
            "params_pct": round(100 * params / base_params, 1) if base_params else 100.0,
            "disk_mib": round(_disk_mib(session, loaded), 1)}
     general = token_blocks(tok, config.general_source, config.block, config.eval_tokens)
@@ -99,17 +192,36 @@ def model_row(session, role: str, config: CompareConfig, base_params: int | None
     gen = generate(model, tok, config.prompt, max_new_tokens=config.gen_tokens)
     row["ttft_s"], row["gen_tok_s"] = gen["time_to_first_token_s"], gen["tokens_per_s"]
     row["peak_mem_mib"] = round(_peak_memory(model, general, device), 1)
-    session.cache[key] = row
-    return {**row, **_task_columns(session, loaded)}
+    return row
 
 
 def _task_columns(session, loaded) -> dict:
     return {f"task:{name}": score for name, score in task_scores(session, loaded).items()}
 
 
+def earlier_rows(session, roles: list[str], config: CompareConfig) -> list[dict]:
+    """Remembered rows of the earlier states of the given models (measured with these settings),
+    oldest state first; states still in memory are left out (they get their own row)."""
+    current = {lineage(session.get(r))[-1] for r in roles}
+    ancestors = {state for r in roles for state in lineage(session.get(r))[:-1]} - current
+    settings = _settings_key(config)
+    found = {}
+    for entry in load_rows(session):
+        if entry.get("settings") == settings and entry.get("state") in ancestors:
+            found[entry["state"]] = entry  # the latest measurement of a state wins
+    rows = []
+    for entry in sorted(found.values(), key=lambda e: (e.get("steps", 0), e.get("time", ""))):
+        scores = {**(entry.get("task_scores") or {}),
+                  **session.cache.get("lm_eval", {}).get(entry.get("fingerprint"), {})}
+        tasks = {f"task:{k}": v for k, v in scores.items()}
+        rows.append({**entry["row"], "role": entry["label"], **tasks})
+    return rows
+
+
 def compare_models(session, config: CompareConfig = CompareConfig(),
                    progress: Progress = null_progress, should_stop=lambda: False) -> pd.DataFrame:
-    """One row per model in the session (cached per model fingerprint and settings)."""
+    """One row per model in the session (cached per model fingerprint and settings), plus the
+    remembered rows of their earlier states: base, student (pruned), student (pruned → distilled)..."""
     roles = session_roles(session, config.roles)
     base_params = parameter_count(session.get("base").model) if session.has("base") else None
     rows = []
@@ -119,6 +231,10 @@ def compare_models(session, config: CompareConfig = CompareConfig(),
         progress(i / max(len(roles), 1), f"Evaluating {role} ({i + 1}/{len(roles)})")
         rows.append(model_row(session, role, config, base_params, should_stop))
     progress(1.0, f"Compared {len(rows)} models")
+    earlier = earlier_rows(session, roles, config)
+    if earlier:  # after the base (which is never an earlier state), before the current models
+        head = [r for r in rows if r["role"] == "base"]
+        rows = [*head, *earlier, *(r for r in rows if r["role"] != "base")]
     frame = pd.DataFrame(rows)
     extra = [c for c in frame.columns if c not in COLUMNS]
     return frame.reindex(columns=[*COLUMNS, *extra])

@@ -173,8 +173,10 @@ def run_state(session: Session, run_name: str | None = None) -> dict:
     return {"run": run_name, "rows": rows, "summary": summary}
 
 
-def replay_step(session: Session, settings: dict, progress: Progress = null_progress) -> dict:
-    """Recipe replay: run the recorded distillation again (a fresh run under a new name)."""
+def replay_step(session: Session, settings: dict, progress: Progress = null_progress,
+                run_name: str | None = None) -> dict:
+    """Recipe replay: run the recorded distillation again (a fresh run under a new name; under
+    torchrun the recipe passes every rank the same `run_name`)."""
     config = DistillConfig.from_dict(settings)
-    config.run_name = f"{config.run_name or 'run'}-replay-{time.strftime('%H%M%S')}"
+    config.run_name = run_name or f"{config.run_name or 'run'}-replay-{time.strftime('%H%M%S')}"
     return distill(session, config, progress=progress)

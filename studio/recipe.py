@@ -11,9 +11,12 @@ Unknown top-level keys, unknown step names and, where the step's module declares
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
+import os
+import time
 from pathlib import Path
 
 import yaml
@@ -144,15 +147,84 @@ def settings_of(step: dict) -> dict:
     return {k: v for k, v in step.items() if k not in META_KEYS}
 
 
+class Ranks:
+    """The processes of a replay under torchrun / accelerate launch (one process: rank 0 of 1).
+
+    Load and prune run on every rank (each holds the model), rank 0 first so the files it caches
+    (calibration statistics, a dequantized default model) are read, not raced, by the others;
+    training steps run on every rank together (data parallel through the Trainer); export and
+    printing belong to rank 0."""
+
+    def __init__(self, device=None):
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            if not dist.is_initialized():  # the Trainer reuses this group (accelerate's PartialState)
+                cuda = device is not None and torch.device(device).type == "cuda"
+                if cuda:
+                    torch.cuda.set_device(torch.device(device))
+                dist.init_process_group("nccl" if cuda else "gloo",
+                                        device_id=torch.device(device) if cuda else None)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def rank0_first(self):
+        if not self.main:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.main:
+                self.barrier()
+
+    def shared(self, value):
+        """Rank 0's value on every rank."""
+        if self.world < 2:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def same(self, value, what: str) -> None:
+        """Refuse to train when the ranks hold different models (a nondeterministic prune)."""
+        if self.world < 2:
+            return
+        import torch.distributed as dist
+
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        if len(set(values)) > 1:
+            raise RecipeError(f"The {self.world} processes hold different models before {what} "
+                              "(their load/prune steps disagree); use a deterministic pruning "
+                              "method or prune once and start from the saved folder.")
+
+
 def replay(steps: list[dict], workspace: str | Path, device: str | None = None,
            out: str | Path | None = None, overwrite: bool = False,
-           progress: Progress = null_progress) -> dict:
+           progress: Progress = null_progress, ranks: Ranks | None = None) -> dict:
     """Run a validated recipe in a fresh session: load → prune/distill → lora → export.
-    `out` exports (even when the recipe has no export step) to that folder."""
+    `out` exports (even when the recipe has no export step) to that folder. Under torchrun every
+    rank replays load/prune/training and only rank 0 exports (see `Ranks`)."""
     from studio import export
     from studio.session import Session
 
     session = Session(workspace, device=device)
+    ranks = ranks or Ranks(session.device)
+    stamp = ranks.shared(time.strftime("%Y%m%d-%H%M%S"))  # one distill run folder for every rank
     n = len(steps) + (1 if out is not None and steps[-1]["step"] != "export" else 0)
     results = []
     for i, step in enumerate(steps):
@@ -160,22 +232,33 @@ def replay(steps: list[dict], workspace: str | Path, device: str | None = None,
         name, settings = step["step"], settings_of(step)
         progress(i / n, f"Replaying step {i + 1}/{len(steps)}: {name}")
         if name == "load":
-            session.load(settings["model"], dtype=_dtype(settings.get("dtype")),
-                         trust_remote_code=bool(settings.get("trust_remote_code", False)),
-                         allow_pickle=bool(settings.get("allow_pickle", False)), progress=part)
+            with ranks.rank0_first():
+                session.load(settings["model"], dtype=_dtype(settings.get("dtype")),
+                             trust_remote_code=bool(settings.get("trust_remote_code", False)),
+                             allow_pickle=bool(settings.get("allow_pickle", False)), progress=part)
             result = {"model": settings["model"]}
         elif name == "export":
+            if not ranks.main:
+                continue
             result = export.replay_step(session, settings, part, dest=out,
                                         overwrite=True if overwrite else None)
+        elif name == "prune":
+            with ranks.rank0_first():
+                result = _module(name).replay_step(session, settings, part)
+        elif name == "distill":
+            ranks.same(session.working().fingerprint(), f"step {i + 1} (distill)")
+            run_name = f"{settings.get('run_name') or 'run'}-replay-{stamp}-{i}"
+            result = _module(name).replay_step(session, settings, part, run_name=run_name)
         else:
+            ranks.same(session.working().fingerprint(), f"step {i + 1} ({name})")
             result = _module(name).replay_step(session, settings, part)
         results.append({"step": name, "result": result})
-    if out is not None and steps[-1]["step"] != "export":
+    if out is not None and steps[-1]["step"] != "export" and ranks.main:
         cfg = {"name": Path(out).name, "overwrite": overwrite}
         results.append({"step": "export", "result": export.replay_step(
             session, cfg, scaled(progress, (n - 1) / n, 1.0), dest=out)})
     progress(1.0, "Recipe replayed")
-    return {"session": session, "steps": results}
+    return {"session": session, "steps": results, "rank": ranks.rank, "world_size": ranks.world}
 
 
 def _dtype(value):

@@ -51,3 +51,34 @@ def test_studio_engine_imports_without_gradio():
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_export_cli_writes_verified_folder(tiny_dir, tmp_path):
+    """`python -m studio export --zip`: exit 0, one JSON object with the verification, a folder
+    plain transformers loads (same logits as the source checkpoint) and its zip."""
+    import zipfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_dir("llama")
+    out = studio("export", "--model", str(model), "--name", "tiny-export", "--eval-tokens", "512",
+                 "--zip", "--workspace", str(tmp_path), "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    folder = tmp_path / "exports" / "tiny-export"
+    assert info["folder"] == str(folder.resolve())
+    assert info["verification"]["passed"] and info["verification"]["max_abs_diff"] < 1e-4
+    assert info["perplexity"] > 1 and info["eval_tokens"] == 512
+    assert {"model.safetensors", "config.json", "recipe.yaml", "README.md",
+            "export_info.json"} <= set(info["files"])
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    source = AutoModelForCausalLM.from_pretrained(model).eval()
+    ids = torch.arange(1, 17).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, source(ids).logits, atol=1e-5)
+    assert "tiny-export/model.safetensors" in zipfile.ZipFile(info["zip"]).namelist()
+    again = studio("export", "--model", str(model), "--name", "tiny-export", "--eval-source", "",
+                   "--workspace", str(tmp_path), "--device", "cpu")
+    assert again.returncode == 2 and "already exists" in again.stderr  # no silent overwrite

@@ -178,7 +178,15 @@ def test_stop_then_resume_continues_the_schedule(tmp_path, tiny_dir, student_dir
     step = whole.recipe[-1]
     assert step["step"] == "distill" and step["alpha"] == 0.6 and step["completed_steps"] == 6
     assert whole.get(STUDENT).history[-1]["step"] == "distill"
-    assert callable(replay_step)
+    # the recorded step replays to the very same student (same seed, same data order)
+    again = Session(tmp_path / "ws3", device="cpu")
+    again.load(str(tiny_dir("llama")))
+    again.set_model(STUDENT, load_model(str(student_dir), device="cpu"))
+    replayed = replay_step(again, step, run_name="again")
+    assert replayed["steps"] == 6 and again.recipe[-1]["run_name"] == "again"
+    for (name, a), b in zip(whole.get(STUDENT).model.named_parameters(),
+                            again.get(STUDENT).model.parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_second_run_on_a_fresh_copy_of_the_base_trains(tmp_path, tiny_dir):

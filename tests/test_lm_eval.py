@@ -49,3 +49,60 @@ def test_cli_eval_prints_perplexity_and_task_scores(tiny_dir, tmp_path):
     out = json.loads(run.stdout)
     assert out["perplexity"]["builtin:python-docs"] > 1
     assert out["tasks"]["pubmedqa_local"]["sample_len"] == 3
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_lm_eval_job_reports_progress_and_honours_stop(tiny_session):
+    """As a session job: progress climbs to 1.0 with the scores cached for the comparison; a stop
+    requested mid-run ends the job as stopped within seconds and the session takes the next job."""
+    import time
+
+    from studio.lm_eval_tasks import submit_lm_eval
+
+    need_data(PUBMEDQA)
+    session = tiny_session("llama")
+    settings = {"pubmedqa_path": str(PUBMEDQA)}
+    job = submit_lm_eval(session, "working", ["pubmedqa_local"], 4, settings).wait(300)
+    assert job.status == "done", job.error
+    assert job.fraction == 1.0 and job.result["pubmedqa_local"]["sample_len"] == 4
+    log = job.log_tail(200)
+    assert "lm-eval: scored 12 requests" in log and "lm-eval: " in log.split("scored")[0]
+    from studio.compare import model_key
+    assert "pubmedqa_local" in session.cache["lm_eval"][model_key(session.working())]
+
+    long = submit_lm_eval(session, "working", ["pubmedqa_local"], 400, settings)
+    _wait_for(lambda: long.message.startswith("lm-eval: ") or long.status in ("done", "failed"),
+              300, "the first progress update")
+    assert long.status == "running", (long.status, long.error)
+    session.jobs.stop(long.id)
+    asked = time.time()
+    long.wait(60)
+    assert long.status == "stopped" and time.time() - asked < 10, (long.status, long.error)
+    assert long.fraction < 1.0
+    after = session.submit("after the stop", lambda j: "ok").wait(30)
+    assert after.status == "done" and after.result == "ok"
+
+
+def test_hub_task_offline_fails_in_one_sentence(tiny_session):
+    """A hub task whose data is not available offline (conftest sets HF_HUB_OFFLINE=1): the job
+    fails with the studio's one sentence, not lm-eval's traceback."""
+    from studio.lm_eval_tasks import submit_lm_eval
+
+    session = tiny_session("llama")
+    job = submit_lm_eval(session, "working", ["arc_easy"], 2, {}).wait(600)
+    assert job.status == "failed"
+    message = job.error
+    assert message.startswith("lm-eval could not prepare ['arc_easy'] ("), message
+    assert message.endswith("so connect to the network or use a local task "
+                            "(pubmedqa_local, local_mcq)."), message
+    assert "\n" not in message and "Traceback" not in message
+    assert session.submit("after the failure", lambda j: "ok").wait(30).status == "done"

@@ -32,7 +32,7 @@ def report_session(tiny_dir, tmp_path_factory):
 
 def test_comparison_table_and_report_file(report_session):
     session, frame, gens = report_session
-    assert list(frame["role"]) == ["base", "student"]
+    assert list(frame["role"]) == ["base", "student (pruned)"]
     base, student = frame.iloc[0], frame.iloc[1]
     assert student["params"] < base["params"] and base["params_pct"] == 100.0
     for col in ("ppl_general", "ppl_domain", "forward_tok_s", "ttft_s", "gen_tok_s", "peak_mem_mib",
@@ -79,3 +79,38 @@ def test_report_renders_in_headless_chromium(report_session, tmp_path):
     image = Image.open(shot).convert("L")
     stat = ImageStat.Stat(image)
     assert stat.stddev[0] > 10 and len(image.getcolors(1 << 16) or range(1 << 16)) > 20
+
+
+def test_earlier_states_keep_their_rows(tmp_path, tiny_session):
+    """Distillation and LoRA merging change the student in place; the table still shows the
+    pruned, distilled and LoRA-merged states side by side (remembered rows, no extra models)."""
+    from studio.distill import DistillConfig, distill
+    from studio.lora import LoraConfig, train_lora
+    from studio.pruning import PruneConfig, apply
+
+    session = tiny_session("llama")
+    config = CompareConfig(eval_tokens=256, block=128, gen_tokens=2)
+    apply(session, PruneConfig(mlp_ratio=0.5, method="l2", reconstruct=False, calib_source="",
+                               calib_tokens=0))
+    first = compare_models(session, config)
+    assert list(first["role"]) == ["base", "student (pruned)"]
+    distill(session, DistillConfig(steps=3, batch=1, block=64, eval_tokens=64, eval_every=0,
+                                   save_every=100, lr=1e-3, run_name="d"))
+    second = compare_models(session, config)
+    assert list(second["role"]) == ["base", "student (pruned)", "student (pruned → distilled)"]
+    ppl = dict(zip(second["role"], second["ppl_general"]))
+    assert len(set(ppl.values())) == 3, ppl
+    assert ppl["student (pruned)"] == first["ppl_general"].iloc[1]  # the remembered measurement
+    assert second["params"].iloc[1] == second["params"].iloc[2] < second["params"].iloc[0]
+
+    train_lora(session, LoraConfig(data="builtin:python-docs", steps=2, rank=4, alpha=8, lr=5e-3,
+                                   block_len=32, batch_size=2, eval_every=0, gen_tokens=2,
+                                   prompts=["Hi"], finish="merge"))
+    third = compare_models(session, config)
+    assert list(third["role"]) == ["base", "student (pruned)", "student (pruned → distilled)",
+                                   "student (pruned → distilled → LoRA-merged)"]
+    assert third["ppl_general"].nunique() == 4
+    assert sorted(session.models) == ["base", "student"]  # rows are remembered, models are not
+    assert session.path("compare", "rows.json").is_file()
+    other = compare_models(session, CompareConfig(eval_tokens=128, block=128, gen_tokens=2))
+    assert list(other["role"]) == ["base", "student (pruned → distilled → LoRA-merged)"]  # other settings

@@ -127,7 +127,9 @@ def evaluate_in_session(session, role: str, tasks: list[str], limit: int | None,
     loaded = session.working() if role in ("", "working") else session.get(role)
     scores = run_lm_eval(loaded, tasks, limit, settings, batch_size, progress=progress,
                          should_stop=should_stop)
-    cache = session.cache.setdefault("lm_eval", {}).setdefault(loaded.fingerprint(), {})
+    from studio.compare import model_key
+
+    cache = session.cache.setdefault("lm_eval", {}).setdefault(model_key(loaded), {})
     cache.update({task: m["score"] for task, m in scores.items() if m.get("score") is not None})
     return scores
 
