@@ -183,19 +183,17 @@ def preview_latency(args) -> list[str]:
     try:
         client = Client(url, verbose=False)
         for reconstruct in (True, False):
-            if reconstruct:
-                # a slider moved down from 50%: no cached setting removed fewer neurons, so each
-                # refit is solved from scratch; each round calibrates on a new token count so
-                # that the refit cache starts empty (scores, Gram and solvers untimed)
-                for round_ in range(args.preview_repeats):
-                    calib = 4096 + 512 * (round_ + 1)
-                    untimed("/compute_importance", 0.5, True, calib)
-                    untimed("/preview_pruning", 0.5, True, calib)
-                    for ratio in sorted(FIRST_RATIOS, reverse=True):
-                        timed(ratio, True, "first", calib)
             # warm-up: statistics, scores, Gram matrix and baselines are computed once per source
             untimed("/compute_importance", 0.2, reconstruct)
             untimed("/preview_pruning", 0.2, reconstruct)
+            if reconstruct:
+                # the first preview after computing importance on a new calibration: nothing of
+                # that calibration is cached, so its refit is solved from scratch
+                for round_, ratio in enumerate(FIRST_RATIOS * args.preview_repeats):
+                    calib = 4096 + 512 * (round_ + 1)
+                    untimed("/compute_importance", ratio, True, calib)
+                    timed(ratio, True, "first", calib)
+                untimed("/compute_importance", 0.2, reconstruct)  # back to the main calibration
             for _ in range(args.preview_repeats):
                 for ratio in FIRST_RATIOS:  # a slider move to a setting not in the cache
                     timed(ratio, reconstruct, "first")
@@ -214,11 +212,10 @@ def preview_latency(args) -> list[str]:
              "after /compute_importance; each preview timed right after one bare forward pass of "
              f"the same applied model over the same tokens in the benchmark process "
              f"({args.preview_repeats} rounds). first = a new setting (plan, refit, sliced view); "
-             "with the refit, the engine says how it got it: solved = from scratch (the slider "
-             "moved down from 50% on a fresh calibration, so no cached setting removed fewer "
-             "neurons), extended = from the cached setting that removed the most neurons short of "
-             "this one (the settings cycle through more than the refit cache holds; a 20% preview "
-             "came first); repeat = 30% and 40% again (cached).", "",
+             "with the refit, the engine says how it got it: solved = from scratch (the first "
+             "preview after computing importance on a new calibration), extended = from the "
+             "nearest cached setting of that calibration (the settings cycle through more than "
+             "the refit cache holds); repeat = 30% and 40% again (cached).", "",
              "| refit | preview | n | preview median (s) | of which in the engine (s) | bare median (s) "
              "| preview / bare, median | worst |", "|---|---|---|---|---|---|---|---|"]
     for (reconstruct, kind), got in pairs.items():
