@@ -20,6 +20,22 @@ def default_batch_size(model: torch.nn.Module) -> int:
     return 8 if next(model.parameters()).device.type == "cuda" else 2
 
 
+NLL_CHUNK = 64  # positions per log-softmax: a [64, vocab] block stays in cache
+
+
+def summed_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """Summed next-token NLL of [B, L, vocab] logits for [B, L] ids. Chunked per window row:
+    one log-softmax over [L, vocab] writes (and page-faults) a copy as large as the logits,
+    which on CPU costs more than 2x the chunked form."""
+    parts = []
+    for row, targets in zip(logits, ids[:, 1:].to(logits.device)):
+        for start in range(0, targets.shape[0], NLL_CHUNK):
+            chunk = row[start:start + NLL_CHUNK].float()
+            parts.append(F.cross_entropy(chunk[:targets.shape[0] - start],
+                                         targets[start:start + NLL_CHUNK], reduction="sum"))
+    return torch.stack(parts).double().sum().item()  # one device sync per batch
+
+
 @torch.no_grad()
 def token_nll(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int | None = None,
               progress: Progress = null_progress, should_stop=lambda: False) -> tuple[float, int]:
@@ -31,10 +47,8 @@ def token_nll(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int | No
         if should_stop():
             break
         batch = batch.to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                              reduction="sum")
-        total += nll.item()
+        logits = model(input_ids=batch, use_cache=False).logits
+        total += summed_nll(logits, batch)
         count += batch[:, 1:].numel()
         done = start + batch.shape[0]
         progress(done / blocks.shape[0], f"Perplexity: {done}/{blocks.shape[0]} windows")
