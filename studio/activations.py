@@ -18,7 +18,7 @@ from studio.errors import StudioError
 from studio.hooks import hooks
 from studio.models.loading import LoadedModel
 from studio.progress import Progress, null_progress, scaled
-from studio.stats import CalibrationStats, calibration_stats
+from studio.stats import CalibrationStats, calibration_stats, gram_is_cheap
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,17 @@ def compare_prompts(loaded: LoadedModel, prompt_a: str, prompt_b: str,
 
 # -- dataset statistics (jobs) ---------------------------------------------------------------
 def dataset_stats(session, source: str, tokens: int = 4096, role: str | None = None,
-                  progress: Progress = null_progress, should_stop=lambda: False) -> CalibrationStats:
+                  progress: Progress = null_progress, should_stop=lambda: False,
+                  with_gram: bool = False) -> CalibrationStats:
     """Neuron/head/layer statistics of the working model (or `role`) over `tokens` tokens of a
-    source: the shared, cached calibration statistics."""
+    source: the shared, cached calibration statistics (with_gram: also the down_proj Gram
+    matrices that the Pruning tab's refit needs, from the same pass)."""
     tokens = int(tokens)
     if tokens <= 0:
         raise StudioError(f"Token budget {tokens} must be positive; use e.g. 4096.")
     return calibration_stats(session, source, tokens=tokens, block_len=min(BLOCK_LEN, tokens),
-                             role=role, progress=progress, should_stop=should_stop)
+                             with_gram=with_gram, role=role, progress=progress,
+                             should_stop=should_stop)
 
 
 def stats_summary(stats: CalibrationStats, group_size: int = 1) -> dict:
@@ -214,12 +217,16 @@ def stats_summary(stats: CalibrationStats, group_size: int = 1) -> dict:
 
 
 def start_stats_job(session, source: str, tokens: int = 4096, role: str | None = None):
-    """Submit the statistics as a heavy session job; its result is `stats_summary`."""
+    """Submit the statistics as a heavy session job; its result is `stats_summary`. When the
+    down_proj Gram matrices are small (`stats.gram_is_cheap`) the same pass collects them, so the
+    Pruning tab's importance and refit on this source and budget reuse it instead of a new pass."""
     loaded = session.get(role) if role else session.working()
     group = loaded.adapter.head_layout(loaded.config).group_size
+    with_gram = gram_is_cheap(session, loaded)
 
     def work(job):
-        stats = dataset_stats(session, source, tokens, role, job.progress, job.should_stop)
+        stats = dataset_stats(session, source, tokens, role, job.progress, job.should_stop,
+                              with_gram=with_gram)
         return stats_summary(stats, group)
 
     return session.submit(f"activation stats {tokens} tokens", work)

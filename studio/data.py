@@ -1,4 +1,6 @@
 """Text sources → `datasets.Dataset` of documents → fixed-length token blocks (seeded, reproducible).
+Tables are read with `datasets` and tokenization is a lazy `datasets` map over the documents that
+stops once the budget is met; neither writes cache files.
 
 Source specs (one string, so the CLI, the UI and recipes share them):
   builtin:python-docs                 CPython's documentation topics (offline, in every Python)
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,9 +95,11 @@ def _table_documents(path: Path, field: str | None) -> list[str]:
     if path.suffix == ".json":
         records = _json_records(path)
     else:
-        try:
-            ds = datasets.load_dataset(TABLE_SUFFIXES[path.suffix], data_files=str(path),
-                                       split="train")
+        try:  # read into memory; the builder's arrow files go to a folder deleted right after,
+            # not to the shared ~/.cache/huggingface/datasets (a run writes only to its workspace)
+            with tempfile.TemporaryDirectory(prefix="tailor-data-") as scratch:
+                ds = datasets.load_dataset(TABLE_SUFFIXES[path.suffix], data_files=str(path),
+                                           split="train", cache_dir=scratch, keep_in_memory=True)
         except Exception as exc:
             raise DataSourceError(f"Could not read {path} ({_first_line(exc)}); check every line is "
                                   "a valid record.") from None
@@ -207,10 +212,8 @@ def token_blocks(tokenizer, spec: str, block_len: int, max_tokens: int, seed: in
         random.Random(seed).shuffle(docs)
     need = (max_tokens // block_len) * block_len
     ids: list[int] = []
-    batch = 64
-    for start in range(0, len(docs), batch):
-        chunk = [d + sep for d in docs[start:start + batch]]
-        for enc in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+    for rows in _tokenized(tokenizer, docs, sep):
+        for enc in rows["input_ids"]:
             ids.extend(enc)
         progress(min(len(ids) / need, 1.0), f"Tokenized {min(len(ids), need)}/{need} tokens")
         if len(ids) >= need:
@@ -219,3 +222,20 @@ def token_blocks(tokenizer, spec: str, block_len: int, max_tokens: int, seed: in
         raise DataSourceError(f"{spec} has only {len(ids)} tokens, fewer than the {need} asked for; "
                               f"lower the token budget to at most {len(ids) // block_len * block_len}.")
     return torch.tensor(ids[:need], dtype=torch.long).view(-1, block_len)
+
+
+TOKENIZE_BATCH = 64  # documents per tokenizer call; token_blocks stops after the batch that suffices
+
+
+def _tokenized(tokenizer, docs: list[str], sep: str, batch: int = TOKENIZE_BATCH):
+    """Batches of {'input_ids': [...]} (each document followed by the separator), tokenized lazily
+    by a `datasets` map over the documents in order: iteration stops as soon as the caller has
+    enough tokens, and nothing is written to disk (an in-memory dataset streamed, no cache files)."""
+    import datasets
+
+    def encode(rows: dict) -> dict:
+        texts = [d + sep for d in rows["text"]]
+        return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
+
+    stream = datasets.Dataset.from_dict({"text": docs}).to_iterable_dataset()
+    return stream.map(encode, batched=True, batch_size=batch, remove_columns=["text"]).iter(batch)

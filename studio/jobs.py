@@ -1,11 +1,13 @@
 """Jobs: long work with progress, a stop request honoured at safe points, one log and a result.
 
-Heavy jobs run one at a time per device, in submission order; a failed job records why and
-leaves the queue (and the session) usable.
+Heavy jobs run one at a time per device, strictly in submission order (one worker per device takes
+them from a FIFO); a failed job records why and leaves the queue (and the session) usable. A queued
+job that is stopped ends at once, without running.
 """
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import json
 import logging
 import threading
@@ -45,6 +47,7 @@ class Job:
     finished: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _queue: "JobQueue | None" = field(default=None, repr=False)
 
     # -- called from inside the job --------------------------------------------------------
     def progress(self, fraction: float, message: str = "") -> None:
@@ -68,6 +71,8 @@ class Job:
     # -- called from outside ---------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
+        if self._queue is not None:  # still waiting in the queue: it ends now, without running
+            self._queue._cancel_if_queued(self)
 
     def wait(self, timeout: float | None = None) -> "Job":
         if not self._done.wait(timeout):
@@ -96,14 +101,17 @@ class Job:
 
 
 class JobQueue:
-    """One worker thread per device runs heavy jobs in order; light jobs start at once."""
+    """Heavy jobs: one FIFO and one worker thread per device (the worker exits when its FIFO is
+    empty and the next submit starts a new one), so they run one at a time in submission order.
+    Light jobs start at once on their own thread."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.jobs: dict[str, Job] = {}
         self._counter = itertools.count(1)
-        self._lock = threading.Lock()
-        self._device_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards jobs, the FIFOs, the workers and QUEUED → RUNNING
+        self._pending: dict[str, deque[Job]] = {}
+        self._workers: dict[str, threading.Thread] = {}
 
     def submit(self, name: str, fn: Callable[[Job], Any], device: str = "cpu",
                heavy: bool = True) -> Job:
@@ -111,17 +119,48 @@ class JobQueue:
             job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._counter):03d}"
             folder = self.root / f"{job_id}-{_slug(name)}"
             folder.mkdir(parents=True, exist_ok=True)
-            job = Job(id=job_id, name=name, device=device, folder=folder, fn=fn, heavy=heavy)
+            job = Job(id=job_id, name=name, device=device, folder=folder, fn=fn, heavy=heavy,
+                      _queue=self)
+            job.log(f"queued {name} on {device}")
             self.jobs[job_id] = job
-            lock = self._device_locks.setdefault(device, threading.Lock())
-        job.log(f"queued {name} on {device}")
-        threading.Thread(target=self._run, args=(job, lock if heavy else None), daemon=True,
-                         name=f"job-{job_id}").start()
+            if heavy:
+                self._pending.setdefault(device, deque()).append(job)
+                if device not in self._workers:
+                    worker = threading.Thread(target=self._worker, args=(device,), daemon=True,
+                                              name=f"jobs-{device}")
+                    self._workers[device] = worker
+                    worker.start()
+        if not heavy:
+            threading.Thread(target=self._run, args=(job,), daemon=True, name=f"job-{job_id}").start()
         return job
 
-    def _run(self, job: Job, lock: threading.Lock | None) -> None:
-        if lock is not None:
-            lock.acquire()  # FIFO enough for a handful of jobs; Python locks are not strictly fair
+    def _worker(self, device: str) -> None:
+        """Runs the device's heavy jobs in order; leaves when none is left (under the lock, so a
+        job submitted meanwhile either is taken here or starts a new worker)."""
+        while True:
+            with self._lock:
+                pending = self._pending.get(device)
+                if not pending:
+                    self._workers.pop(device, None)
+                    return
+                job = pending.popleft()
+            self._run(job)
+
+    def _cancel_if_queued(self, job: Job) -> None:
+        with self._lock:
+            if job.status != QUEUED:
+                return
+            job.status, job.message = STOPPED, "stopped before it started"
+            pending = self._pending.get(job.device)
+            if pending and job in pending:
+                pending.remove(job)
+        self._finish(job)
+
+    def _run(self, job: Job) -> None:
+        with self._lock:
+            if job.status != QUEUED:  # stopped while it waited: already finished
+                return
+            job.status = RUNNING
         try:
             if job.should_stop():
                 job.status, job.message = STOPPED, "stopped before it started"
@@ -138,15 +177,28 @@ class JobQueue:
         except Exception as exc:  # a crash inside a job must not take the session down
             job.status, job.error = FAILED, f"{type(exc).__name__}: {exc}"
             job.log(traceback.format_exc())
+        except BaseException as exc:  # e.g. SystemExit inside a job: the worker must go on
+            job.status, job.error = FAILED, f"{type(exc).__name__}: {exc}"
         finally:
-            job.finished = time.time()
-            if job.status == FAILED:
-                job.message = f"failed: {job.error}"
+            self._finish(job)
+
+    @staticmethod
+    def _finish(job: Job) -> None:
+        job.finished = time.time()
+        if job.status == FAILED:
+            job.message = f"failed: {job.error}"
+        try:
             job.log(job.message)
             _write_result(job)
-            if lock is not None:
-                lock.release()
-            job._done.set()
+        except OSError as exc:  # e.g. the workspace vanished; the queue must go on
+            log.warning("could not record job %s: %s", job.id, exc)
+        job._done.set()
+
+    def queued(self, device: str | None = None) -> list[Job]:
+        """Heavy jobs waiting to start, in the order they will run."""
+        with self._lock:
+            return [j for d, pending in self._pending.items() if device in (None, d)
+                    for j in pending if j.status == QUEUED]
 
     def get(self, job_id: str) -> Job:
         if job_id not in self.jobs:
@@ -155,15 +207,28 @@ class JobQueue:
 
     def stop(self, job_id: str) -> Job:
         job = self.get(job_id)
+        if job.status not in FINISHED:
+            job.log("stop requested")
         job.request_stop()
-        job.log("stop requested")
         return job
 
     def active(self) -> list[Job]:
         return [j for j in self.jobs.values() if j.status not in FINISHED]
 
     def listing(self, limit: int = 20) -> list[dict]:
-        return [j.to_dict() for j in list(self.jobs.values())[-limit:]]
+        """The latest jobs; a queued one says its place in its device's queue (1 = next)."""
+        places = {}
+        for device in list(self._pending):
+            for n, job in enumerate(self.queued(device), 1):
+                places[job.id] = n
+        rows = []
+        for job in list(self.jobs.values())[-limit:]:
+            row = job.to_dict()
+            if job.id in places:
+                row["queue_position"] = places[job.id]
+                row["message"] = f"queued ({places[job.id]} in line)"
+            rows.append(row)
+        return rows
 
 
 def _write_result(job: Job) -> None:

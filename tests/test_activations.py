@@ -2,6 +2,7 @@
 and for shapes/behaviour on the default SmolLM2."""
 import json
 import math
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -118,6 +119,117 @@ def test_stats_job_stops(tiny_session):
     job = act.start_stats_job(session, SOURCE, 65_536)
     job.request_stop()
     assert job.wait(120).status == STOPPED
+
+
+def counting(monkeypatch):
+    """Count studio.stats.collect_stats calls (each one is a hooked pass over the data)."""
+    from studio import stats as stats_module
+
+    calls = []
+    real = stats_module.collect_stats
+
+    def wrapper(*args, **kwargs):
+        calls.append(kwargs.get("with_gram", args[3] if len(args) > 3 else False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stats_module, "collect_stats", wrapper)
+    return calls
+
+
+def test_stats_job_stopped_mid_run_caches_nothing(tiny_session, monkeypatch):
+    """Stop requested from the first progress update of the hooked pass: the job ends stopped and
+    the partial sums are neither cached in memory nor written to disk."""
+    from studio.jobs import Job
+
+    session = tiny_session("llama")
+    seen, real_progress = [], Job.progress
+
+    def progress(job, fraction, message=""):
+        real_progress(job, fraction, message)
+        if message.startswith("Statistics:"):
+            seen.append((fraction, message))
+            job.request_stop()
+
+    monkeypatch.setattr(Job, "progress", progress)
+    calls = counting(monkeypatch)
+    job = act.start_stats_job(session, SOURCE, 8192)
+    assert job.wait(120).status == STOPPED and job.message == "stopped" and job.started
+    assert len(seen) == 1 and 0 < seen[0][0] < 1  # one batch done, then stopped
+    assert re.fullmatch(r"Statistics: \d+/16 blocks", seen[0][1])
+    assert job.fraction < 1 and calls == [True]
+    assert not [v for v in session.cache.values() if hasattr(v, "act_abs_mean")]
+    stats_dir = session.path("stats")
+    assert not stats_dir.exists() or not [p for p in stats_dir.iterdir() if p.suffix != ".tmp"]
+    monkeypatch.setattr(Job, "progress", real_progress)
+    stats = act.dataset_stats(session, SOURCE, 8192)  # computed afresh, in full
+    assert len(calls) == 2 and stats.tokens == 8192
+
+
+def test_gram_equals_hand_computation(tiny_session):
+    session = tiny_session("llama")
+    loaded = session.get()
+    stats = act.dataset_stats(session, SOURCE, 128, with_gram=True)
+    blocks = token_blocks(loaded.tokenizer, SOURCE, 128, 128, seed=0)
+    glu = layer0_by_hand(loaded.model, blocks)["act"].reshape(blocks.numel(), -1)
+    assert stats.gram.shape == (4, 96, 96)
+    torch.testing.assert_close(stats.gram[0], glu.T @ glu / blocks.numel(), rtol=1e-4, atol=1e-6)
+    assert torch.equal(stats.gram, stats.gram.transpose(1, 2))  # mirrored exactly
+    assert act.dataset_stats(session, SOURCE, 128) is stats  # the richer entry serves a plain request
+
+
+def test_stats_persist_on_disk(tiny_session, monkeypatch):
+    """Computed once: a fresh session on the same workspace reads the safetensors file (no pickle)
+    instead of a new pass, with equal values, the Gram included."""
+    from safetensors.torch import load_file
+
+    first = tiny_session("llama")
+    calls = counting(monkeypatch)
+    job = act.start_stats_job(first, SOURCE, 1024)
+    assert job.wait(120).status == DONE and calls == [True]  # tiny model: the Gram comes along
+    computed = act.dataset_stats(first, SOURCE, 1024)
+    files = sorted(first.path("stats").iterdir())
+    assert [p.suffix for p in files] == [".safetensors"]
+    assert set(load_file(files[0])) == {"act_abs_mean", "act_sq_mean", "head_norm_mean",
+                                        "block_influence", "gram"}
+    fresh = tiny_session("llama")
+    assert fresh is not first and fresh.workspace == first.workspace and not fresh.cache
+    loaded = act.dataset_stats(fresh, SOURCE, 1024)
+    again = calibration_stats(fresh, SOURCE, tokens=1024, block_len=512, with_gram=True)
+    assert calls == [True] and again is loaded  # read from disk, no second pass
+    assert loaded is not computed and loaded.source == SOURCE and loaded.tokens == 1024
+    assert loaded.meta == computed.meta
+    for name in ("act_abs_mean", "act_sq_mean", "head_norm_mean", "block_influence", "gram"):
+        assert torch.equal(getattr(loaded, name), getattr(computed, name)), name
+    files[0].write_bytes(files[0].read_bytes()[:1000])  # a damaged file is computed again
+    redone = act.dataset_stats(tiny_session("llama"), SOURCE, 1024)
+    assert len(calls) == 2 and torch.equal(redone.act_abs_mean, computed.act_abs_mean)
+    assert load_file(files[0])["act_abs_mean"].shape == (4, 96)  # and replaced
+
+
+def test_dataset_comparison_is_b_minus_a(tiny_session, tmp_path):
+    """compare_datasets' difference is the second source's mean |act| minus the first's, checked
+    against an independent pass per source (and layer 0 by hand)."""
+    from studio.stats import collect_stats
+
+    session = tiny_session("llama")
+    loaded = session.get()
+    domain = tmp_path / "domain.txt"
+    domain.write_text("Patients with type 2 diabetes received metformin and insulin daily. " * 60)
+    result = act.compare_datasets(session, SOURCE, str(domain), tokens=256)
+    ref = {}
+    for name, spec in (("a", SOURCE), ("b", str(domain))):
+        blocks = token_blocks(loaded.tokenizer, spec, 256, 256, seed=0)
+        ref[name] = collect_stats(loaded, blocks).act_abs_mean
+        by_hand = layer0_by_hand(loaded.model, blocks)["act"].abs().reshape(blocks.numel(), -1).mean(0)
+        torch.testing.assert_close(ref[name][0], by_hand, rtol=1e-4, atol=1e-6)
+    expected = (ref["b"] - ref["a"]).numpy()
+    assert result["diff"].shape == (4, 96) and np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(result["diff"], expected, rtol=1e-5, atol=1e-6)
+    top = result["top_neurons"]
+    assert len(top) == 10 and top[0]["b"] - top[0]["a"] == pytest.approx(expected.max(), abs=2e-5)
+    for row in top:
+        assert row["a"] == pytest.approx(float(ref["a"][row["layer"], row["neuron"]]), abs=1e-5)
+        assert row["b"] == pytest.approx(float(ref["b"][row["layer"], row["neuron"]]), abs=1e-5)
 
 
 # -- the default model ----------------------------------------------------------------------------

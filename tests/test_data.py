@@ -1,5 +1,7 @@
 """Text sources → token blocks: every format, reproducibility, and bad input."""
 import json
+import random
+import time
 
 import pytest
 import torch
@@ -89,3 +91,74 @@ def test_unknown_sources():
         load_documents("builtin:nope")
     with pytest.raises(DataSourceError, match="does not exist"):
         load_documents("/no/such/file.txt")
+
+
+def test_json_list_of_records_with_a_field(tmp_path, tokenizer):
+    records = [{"id": i, "abstract": f"Abstract number {i} about insulin.", "title": f"T{i}"}
+               for i in range(40)]
+    path = tmp_path / "papers.json"
+    path.write_text(json.dumps(records))
+    docs, sep = load_documents(f"{path}#abstract")
+    assert docs == [r["abstract"] for r in records] and sep == "\n\n"
+    docs, _ = load_documents(f"{path}#{{title}}: {{abstract}}")
+    assert docs[5] == "T5: Abstract number 5 about insulin."
+    with pytest.raises(DataSourceError, match="Field 'text' is not in the data"):
+        load_documents(str(path))  # no field given and no 'text' field: one sentence naming them
+    blocks = token_blocks(tokenizer, f"{path}#abstract", 32, 128)
+    direct = [t for r in records for t in tokenizer(r["abstract"] + "\n\n",
+                                                     add_special_tokens=False)["input_ids"]]
+    assert blocks.flatten().tolist() == direct[:128]
+
+
+@pytest.mark.timeout(120)
+def test_hf_source_offline_is_one_sentence():
+    """No network here (HF_HUB_OFFLINE=1 from conftest, so no retries): a DataSourceError in
+    one sentence that names the dataset and what to do."""
+    started = time.perf_counter()
+    with pytest.raises(DataSourceError) as err:
+        load_documents("hf:some/name")
+    message = str(err.value)
+    assert message.startswith("Could not load Hugging Face dataset 'some/name'")
+    assert "use a local file" in message and "\n" not in message
+    assert message.endswith(".") and ". " not in message  # one sentence
+    assert time.perf_counter() - started < 60
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_tokenization_equals_the_tokenizer_on_the_documents(tokenizer, seed):
+    """token_blocks (a datasets map over the documents, stopping early) gives exactly the ids of
+    the tokenizer applied to each document plus its separator, in (seeded) document order."""
+    docs, sep = load_documents("builtin:python-docs")
+    if seed is not None:
+        docs = docs[:]
+        random.Random(seed).shuffle(docs)
+    direct = []
+    for doc in docs[:200]:
+        direct.extend(tokenizer(doc + sep, add_special_tokens=False)["input_ids"])
+        if len(direct) >= 20_000:
+            break
+    blocks = token_blocks(tokenizer, "builtin:python-docs", 500, 20_000, seed=seed)
+    assert blocks.shape == (40, 500) and blocks.flatten().tolist() == direct[:20_000]
+
+
+def test_tokenization_stops_early_and_writes_no_cache(tokenizer, tmp_path, monkeypatch):
+    import datasets
+
+    from studio import data
+
+    calls = []
+    real = data._tokenized
+
+    def counting(tok, docs, sep, batch=data.TOKENIZE_BATCH):
+        for rows in real(tok, docs, sep, batch):
+            calls.append(len(rows["input_ids"]))
+            yield rows
+
+    monkeypatch.setattr(data, "_tokenized", counting)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # default cache
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"document {i} " * 20}) for i in range(5000)))
+    blocks = token_blocks(tokenizer, str(path), 64, 256)
+    assert blocks.shape == (4, 64)
+    assert calls == [data.TOKENIZE_BATCH]  # one batch of 64 documents sufficed, not 5000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no cache written

@@ -1,4 +1,5 @@
 """Jobs: progress, stop at a safe point, failures that leave the session usable, order."""
+import threading
 import time
 
 import pytest
@@ -59,25 +60,73 @@ def test_failure_is_reported_and_session_stays_usable(session):
 
 
 def test_heavy_jobs_on_one_device_run_one_at_a_time_in_order(session):
-    running, order = [], []
+    """Ten heavy jobs submitted back to back (no sleeps): strictly FIFO, never overlapping, and a
+    failing one in the middle does not stall the rest."""
+    gate, entered, lock, running, spans = (threading.Event(), threading.Event(), threading.Lock(),
+                                           [], [])
 
-    def work(name):
+    def work(n):
         def fn(job):
-            running.append(name)
-            assert len(running) == 1, "two heavy jobs ran at once"
-            order.append(name)
-            time.sleep(0.05)
-            running.remove(name)
+            entered.set()
+            gate.wait(10)  # every submit happens while the first job holds the device
+            with lock:
+                running.append(n)
+                overlap = len(running) > 1
+            started = time.perf_counter()
+            time.sleep(0.005)
+            with lock:
+                running.remove(n)
+            spans.append((n, started, time.perf_counter(), overlap))
+            if n == 4:
+                raise RuntimeError("injected crash in the middle")
+            return n
         return fn
 
-    jobs = []
-    for n in "abcd":
-        jobs.append(session.submit(n, work(n)))
-        time.sleep(0.01)
+    jobs = [session.submit(f"job {n}", work(n)) for n in range(10)]
+    assert entered.wait(10) and jobs[0].status == "running"
+    status = {row["id"]: row for row in session.jobs.listing()}
+    waiting = [status[j.id] for j in jobs[1:]]
+    assert all(row["status"] == "queued" for row in waiting)
+    assert [row["queue_position"] for row in waiting] == list(range(1, 10))
+    assert [j.id for j in session.jobs.queued()] == [j.id for j in jobs[1:]]
+    gate.set()
     for job in jobs:
-        job.wait(10)
-        assert job.status == DONE
-    assert order == list("abcd")
+        job.wait(30)
+    assert [n for n, *_ in spans] == list(range(10))  # submission order
+    assert not any(overlap for *_, overlap in spans)
+    assert all(a[2] <= b[1] for a, b in zip(spans, spans[1:]))  # each ends before the next starts
+    assert [j.status for j in jobs] == [DONE] * 4 + [FAILED] + [DONE] * 5
+    assert [j.result for j in jobs if j.status == DONE] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert not session.jobs.queued() and not session.jobs.active()
+
+
+def test_a_queued_job_stops_at_once_without_running(session):
+    gate, ran = threading.Event(), []
+    entered = threading.Event()
+    first = session.submit("first", lambda job: entered.set() or gate.wait(10))
+    second = session.submit("second", lambda job: ran.append("second"))
+    third = session.submit("third", lambda job: ran.append("third"))
+    assert entered.wait(10)
+    session.jobs.stop(second.id)
+    assert second.wait(1).status == STOPPED and second.message == "stopped before it started"
+    assert (second.folder / "result.json").is_file() and not second.started
+    assert first.status == "running" and [j.id for j in session.jobs.queued()] == [third.id]
+    third.request_stop()  # the Job's own stop also ends a queued job at once
+    assert third.wait(1).status == STOPPED
+    gate.set()
+    assert first.wait(10).status == DONE
+    assert session.submit("after", lambda job: "fine").wait(10).result == "fine"
+    assert ran == []
+
+
+def test_light_jobs_do_not_wait_for_heavy_ones(session):
+    gate, entered = threading.Event(), threading.Event()
+    heavy = session.submit("heavy", lambda job: entered.set() or gate.wait(10))
+    assert entered.wait(10)
+    light = session.submit("light", lambda job: "quick", heavy=False)
+    assert light.wait(5).result == "quick" and heavy.status == "running"
+    gate.set()
+    heavy.wait(10)
 
 
 def test_unknown_job_and_bad_workspace_names(session):

@@ -169,3 +169,31 @@ def test_cli_default_model_quick(tmp_path):
     assert out["params_after"] < 0.9 * out["params_before"]
     assert abs(out["reloaded_perplexity"] / out["preview_perplexity"] - 1) < 1e-3
     assert out["preview_perplexity"] < 2 * out["baseline_perplexity"]
+
+
+def test_activation_statistics_are_reused_by_pruning(tiny_session, monkeypatch):
+    """The default flow: the Activations tab's statistics job, then Pruning's importance (and the
+    refit's Gram) on the same source and budget: one hooked pass over the data, not two."""
+    from studio import activations as act
+    from studio import stats as stats_module
+
+    calls = []
+    real = stats_module.collect_stats
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stats_module, "collect_stats", counted)
+    session = tiny_session("llama")
+    job = act.start_stats_job(session, "builtin:python-docs", 1024)  # what the tab runs
+    assert job.wait(120).status == "done", job.error
+    assert calls == [(2, 512)]
+    config = PruneConfig(mlp_ratio=0.3, layers=1, calib_source="builtin:python-docs",
+                         calib_tokens=1024)  # the Pruning tab's defaults otherwise
+    assert config.uses_refit() and config.calib_block == 512 and config.seed == 0
+    scores = compute_importance(session, config)
+    plan, refit = plan_for(session, config)  # the refit reads the Gram from the same entry
+    assert scores.neurons.shape == (4, 96) and refit
+    preview(session, config, {"general": "builtin:python-docs"}, eval_tokens=256, block=128)
+    assert calls == [(2, 512)]  # no second statistics pass

@@ -1,4 +1,7 @@
 """The real studio server, driven over HTTP with gradio_client."""
+import json
+
+from tests.test_activations_ui import array
 
 
 def test_named_endpoints_exist(client):
@@ -9,9 +12,29 @@ def test_named_endpoints_exist(client):
 
 
 def test_default_model_is_preloaded_and_summarised(client):
-    summary, _ = client.predict(api_name="/model_summary")
+    summary, diagram = client.predict(api_name="/model_summary")
     assert summary["layers"] == 30 and summary["query_heads"] == 9 and summary["kv_heads"] == 3
     assert summary["glu_width"] == 1536
+    assert diagram["type"] == "plotly"
+    fig = json.loads(diagram["plot"])
+    (grid,) = fig["data"]  # one heatmap: a column per layer, a row per block
+    assert grid["type"] == "heatmap" and grid["x"] == [f"L{i}" for i in range(30)]
+    assert grid["y"] == ["Query heads", "KV heads", "MLP (GLU) width"]
+    assert array(grid["z"]).shape == (3, 30) and (array(grid["z"]) == 1.0).all()  # nothing pruned
+    assert [set(row) for row in grid["text"]] == [{"9"}, {"3"}, {"1536"}]
+    assert all(len(row) == 30 for row in grid["text"])
+    assert "30 layers" in fig["layout"]["title"]["text"] and "134.5M params" in fig["layout"]["title"]["text"]
+
+
+def test_trust_remote_code_is_off_by_default(client):
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/load_model"]["parameters"]
+    trust = next(p for p in params if p["label"].startswith("trust_remote_code"))
+    assert trust["parameter_has_default"] and trust["parameter_default"] is False
+    pickle = next(p for p in params if p["label"].startswith("allow pickle"))
+    assert pickle["parameter_default"] is False
+    boxes = [c["props"] for c in client.config["components"]
+             if str(c.get("props", {}).get("label", "")).startswith("trust_remote_code")]
+    assert len(boxes) == 1 and boxes[0]["value"] is False
 
 
 def test_load_and_generate(client):
