@@ -3,12 +3,12 @@ model's chat template with the loss only on the response tokens (labels -100 els
 from __future__ import annotations
 
 import logging
+import string
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-import string
 
 from studio.data import TABLE_SUFFIXES, _fields_text, _json_records, load_documents, pubmedqa_records
 from studio.errors import DataSourceError
@@ -47,8 +47,11 @@ def load_records(spec: str) -> list[dict]:
         return _json_records(path)
     import datasets
 
-    return [dict(r) for r in datasets.load_dataset(TABLE_SUFFIXES[path.suffix], data_files=str(path),
-                                                   split="train")]
+    # a scratch cache, deleted after reading: nothing is written outside the workspace
+    with tempfile.TemporaryDirectory(prefix="tailor-data-") as scratch:
+        return [dict(r) for r in datasets.load_dataset(TABLE_SUFFIXES[path.suffix],
+                                                       data_files=str(path), split="train",
+                                                       cache_dir=scratch, keep_in_memory=True)]
 
 
 def fill(record: dict, template: str) -> str:
