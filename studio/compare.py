@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -61,11 +63,40 @@ def task_scores(session, loaded) -> dict:
     return dict(session.cache.get("lm_eval", {}).get(model_key(loaded), {}))
 
 
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    return 0
+
+
+def _cpu_forward_peak(model, blocks: torch.Tensor) -> float:
+    """Weight bytes + the process's resident-memory growth during one forward pass, sampled every
+    2 ms (CPU allocators keep no peak counter; other threads' allocations count too)."""
+    if not Path("/proc/self/status").is_file():  # not Linux: the weights alone
+        return float(model_bytes(model))
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], _rss_bytes() - base)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with torch.no_grad():
+            model(input_ids=blocks[:1], use_cache=False)
+    finally:
+        done.set()
+        sampler.join()
+    return float(model_bytes(model) + max(peak[0], _rss_bytes() - base, 0))
+
+
 def _peak_memory(model, blocks: torch.Tensor, device: torch.device) -> float:
-    """Peak memory of one forward pass (CUDA: measured allocator peak; CPU: weight bytes, as
-    the CPU allocator keeps no per-model peak)."""
+    """Peak memory of one forward pass in MiB (CUDA: the allocator's peak; CPU: weights + sampled
+    resident-memory growth)."""
     if device.type != "cuda":
-        return model_bytes(model) / 2**20
+        return _cpu_forward_peak(model, blocks) / 2**20
     torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
         model(input_ids=blocks[:1].to(device), use_cache=False)

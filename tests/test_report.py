@@ -39,6 +39,10 @@ def test_comparison_table_and_report_file(report_session):
                 "disk_mib"):
         assert base[col] > 0 and student[col] > 0, col
     assert student["task:pubmedqa_local"] == 0.4
+    from studio.evaluation import model_bytes
+
+    for role, row in (("base", base), ("student", student)):  # weights + activations of a pass
+        assert row["peak_mem_mib"] >= round(model_bytes(session.get(role).model) / 2**20, 1), role
     csv = save_csv(session, frame)
     assert csv.read_text().startswith("role,params")
     assert [g["role"] for g in gens] == ["base", "student"] and all(g["new_tokens"] > 0 for g in gens)
