@@ -20,6 +20,7 @@ from studio.importance import (EXPENSIVE_METHODS, HEAD_METHODS, LAYER_METHODS, N
                                ImportanceContext, ImportanceScores, method_needs_data)
 from studio.models.loading import LoadedModel
 from studio.progress import Progress, null_progress, scaled
+from studio.session import return_freed_heap
 from studio.stats import calibration_stats
 from studio.surgery import (PruningPlan, apply_plan, depth_cross, kept_layout, kept_width,
                             layer_matmul_params, make_plan, masked, planned_params, refit_weights,
@@ -291,7 +292,10 @@ def _preview_model(session, loaded: LoadedModel, plan: PruningPlan, refit: dict 
     if plan.is_empty():
         yield loaded.model
     elif session.has_room(sliced_view_bytes(loaded, plan, refit)):
-        yield sliced_view(loaded, plan, refit).model
+        try:
+            yield sliced_view(loaded, plan, refit).model
+        finally:
+            return_freed_heap()  # each view's weights have other sizes: do not let them pile up
     else:
         with masked(loaded, plan, refit) as model:
             yield model
