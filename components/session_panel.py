@@ -7,8 +7,8 @@ import pandas as pd
 from components.common import ui_errors
 from studio.session import Session
 
-JOB_COLUMNS = ["id", "name", "status", "progress", "message", "eta_s"]
-
+# the side panel is narrow: two columns, the job (name, then the id to stop it by) and its state
+JOB_COLUMNS = ["job", "state"]
 
 def devices_markdown(status: dict) -> str:
     lines = ["**Devices**"]
@@ -24,15 +24,21 @@ def devices_markdown(status: dict) -> str:
 
 
 def jobs_frame(status: dict) -> pd.DataFrame:
-    rows = [{**{k: j.get(k) for k in JOB_COLUMNS},
-             "progress": f"{j['progress'] * 100:.0f}%"} for j in reversed(status["jobs"])]
+    rows = []
+    for j in reversed(status["jobs"]):
+        state = j["status"]
+        if state in ("running", "queued"):
+            state += f" {j['progress'] * 100:.0f}%" + (f", ETA {j['eta_s']:.0f} s" if j.get("eta_s") else "")
+        if j.get("message") and j["message"] != j["status"]:
+            state += f": {j['message']}"
+        rows.append({"job": f"{j['name']} ({j['id']})", "state": state})
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
-
 
 def create_panel(session: Session) -> dict:
     gr.Markdown("### Session")
     overview = gr.Markdown()
-    jobs = gr.Dataframe(headers=JOB_COLUMNS, label="Jobs", interactive=False, wrap=True)
+    jobs = gr.Dataframe(headers=JOB_COLUMNS, label="Jobs", interactive=False, wrap=True,
+                        column_widths=["50%", "50%"])
     with gr.Row():
         job_id = gr.Textbox(label="Job id", placeholder="latest running job", scale=3)
         stop = gr.Button("Stop", variant="stop", scale=1)

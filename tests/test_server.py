@@ -57,3 +57,23 @@ def test_bad_load_is_one_sentence_and_session_survives(client):
     assert "neither an existing path" in str(err.value)
     summary, _ = client.predict(api_name="/model_summary")
     assert summary["layers"] == 30
+
+
+def test_jobs_panel_rows_say_state_in_two_columns():
+    """The narrow side panel: one row per job, newest first, the id to stop it by, and the
+    progress and ETA only while a job is under way."""
+    from components.session_panel import jobs_frame
+
+    status = {"jobs": [
+        {"name": "load default", "id": "j1", "status": "done", "progress": 1.0, "message": "done",
+         "eta_s": None},
+        {"name": "distill", "id": "j2", "status": "running", "progress": 0.25,
+         "message": "step 1/4", "eta_s": 9.2},
+        {"name": "lora", "id": "j3", "status": "failed", "progress": 0.1,
+         "message": "Out of memory; lower the batch.", "eta_s": None}]}
+    frame = jobs_frame(status)
+    assert list(frame.columns) == ["job", "state"]
+    assert frame.to_dict("records") == [
+        {"job": "lora (j3)", "state": "failed: Out of memory; lower the batch."},
+        {"job": "distill (j2)", "state": "running 25%, ETA 9 s: step 1/4"},
+        {"job": "load default (j1)", "state": "done"}]
