@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 
 import torch
+from transformers import TrainerCallback
 
 from studio.distill_loss import KL_KINDS, LAYER_MAPS
 from studio.distill_run import CONFIG_FILE, read_run, run
@@ -113,9 +114,24 @@ def latest_run(session: Session) -> str | None:
     return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
 
 
+class _StopAfter(TrainerCallback):
+    """Ends training after `steps` optimizer steps of a schedule planned for more: the replay of
+    a run the user stopped early (same schedule, same point)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+
+
 def distill(session: Session, config: DistillConfig, job: Job | None = None,
-            progress: Progress = null_progress, resume: bool = False) -> dict:
-    """Distil session 'base' into session 'student' (a copy of the base when there is none yet)."""
+            progress: Progress = null_progress, resume: bool = False,
+            stop_after: int | None = None, callbacks=()) -> dict:
+    """Distil session 'base' into session 'student' (a copy of the base when there is none yet);
+    `stop_after` ends it after that many steps of the configured schedule; `callbacks` are
+    extra TrainerCallbacks."""
     config.validate()
     if not config.run_name:
         config.run_name = time.strftime("run-%Y%m%d-%H%M%S")
@@ -128,7 +144,9 @@ def distill(session: Session, config: DistillConfig, job: Job | None = None,
         log.info("no student in the session: distilling a copy of the base")
         session.set_model(STUDENT, session.copy_of(BASE))
     student = session.get(STUDENT)
-    summary = run(teacher, student, config, out_dir, job=job, progress=progress, resume=resume)
+    callbacks = [*callbacks, *([_StopAfter(stop_after)] if stop_after is not None else [])]
+    summary = run(teacher, student, config, out_dir, job=job, progress=progress, resume=resume,
+                  callbacks=callbacks)
     student.history.append({"step": "distill", "run": config.run_name, "steps": summary["steps"],
                             "resume": resume})
     with session.lock:  # a resumed run replaces the record of its interrupted part
@@ -176,7 +194,10 @@ def run_state(session: Session, run_name: str | None = None) -> dict:
 def replay_step(session: Session, settings: dict, progress: Progress = null_progress,
                 run_name: str | None = None) -> dict:
     """Recipe replay: run the recorded distillation again (a fresh run under a new name; under
-    torchrun the recipe passes every rank the same `run_name`)."""
+    torchrun the recipe passes every rank the same `run_name`), stopping where the recorded run
+    stopped when the user ended it early."""
     config = DistillConfig.from_dict(settings)
     config.run_name = run_name or f"{config.run_name or 'run'}-replay-{time.strftime('%H%M%S')}"
-    return distill(session, config, progress=progress)
+    completed = settings.get("completed_steps")
+    stop_after = completed if completed is not None and completed < config.steps else None
+    return distill(session, config, progress=progress, stop_after=stop_after)

@@ -219,3 +219,26 @@ def test_mlp_only_training_leaves_everything_else_untouched(tmp_path, tiny_dir):
     assert changed and all(".mlp." in n for n in changed), sorted(changed)
     with pytest.raises(TrainingError, match="trainable"):
         small_config(trainable="attention").validate()
+
+
+def test_replay_of_a_run_stopped_early_stops_at_the_same_step(tmp_path, tiny_dir, student_dir):
+    """A distillation the user stopped at step 3 of 6 is recorded with completed_steps 3; its
+    replay runs the same 6-step schedule and stops at step 3, giving the very same student."""
+    session = Session(tmp_path / "ws", device="cpu")
+    session.load(str(tiny_dir("llama")))
+    session.set_model(STUDENT, load_model(str(student_dir), device="cpu"))
+    job = session.submit("distill stopped", lambda j: distill(
+        session, small_config(run_name="early"), job=j, callbacks=[StopAt(j, 3)]))
+    job.wait(300)
+    assert job.status == "stopped", (job.status, job.error)
+    recorded = session.recipe[-1]
+    assert recorded["step"] == "distill" and recorded["steps"] == 6
+    assert recorded["completed_steps"] == 3
+    again = Session(tmp_path / "ws2", device="cpu")
+    again.load(str(tiny_dir("llama")))
+    again.set_model(STUDENT, load_model(str(student_dir), device="cpu"))
+    replayed = replay_step(again, recorded, run_name="again")
+    assert replayed["steps"] == 3 and again.recipe[-1]["completed_steps"] == 3
+    for (name, a), b in zip(session.get(STUDENT).model.named_parameters(),
+                            again.get(STUDENT).model.parameters()):
+        assert torch.equal(a, b), name
