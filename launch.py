@@ -40,21 +40,10 @@ def launch_settings(args, workspace, auth) -> dict:
             "allowed_paths": [str(workspace)], "show_error": True}
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each serving thread its own malloc arena, so a threaded server's RSS creeps up
-    with every preview; capping the arenas (before threads start) keeps memory bounded."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def main(argv=None) -> int:
-    limit_malloc_arenas()
+    from studio.heap import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     auth = None

@@ -7,12 +7,12 @@ job that is stopped ends at once, without running.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 import json
 import logging
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable

@@ -16,11 +16,11 @@ import torch
 from studio.data import token_blocks
 from studio.errors import PruningError
 from studio.evaluation import parameter_count, perplexity
+from studio.heap import return_freed_heap
 from studio.importance import (EXPENSIVE_METHODS, HEAD_METHODS, LAYER_METHODS, NEURON_METHODS,
                                ImportanceContext, ImportanceScores, method_needs_data)
 from studio.models.loading import LoadedModel
 from studio.progress import Progress, null_progress, scaled
-from studio.session import return_freed_heap
 from studio.stats import calibration_stats
 from studio.surgery import (PruningPlan, apply_plan, depth_cross, kept_layout, kept_width,
                             layer_matmul_params, make_plan, masked, planned_params, refit_weights,

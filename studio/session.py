@@ -6,7 +6,6 @@ holds model state.
 from __future__ import annotations
 
 import copy
-import functools
 import gc
 import logging
 import os
@@ -25,27 +24,6 @@ from studio.progress import Progress, null_progress
 log = logging.getLogger(__name__)
 
 BASE, STUDENT = "base", "student"
-
-
-def return_freed_heap() -> None:
-    """Give freed heap pages back to the OS (glibc `malloc_trim`; a no-op elsewhere). Previews
-    build and drop a sliced model of another size each time; without this glibc keeps the freed
-    chunks and a long-running server's resident memory sits hundreds of MiB above what it uses."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
 
 
 class Session:

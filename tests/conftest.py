@@ -3,7 +3,10 @@ once; one real studio server (subprocess) serves every gradio_client test."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,33 @@ def need_data(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not present (shared data beside the repo)")
     return path
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+def run_torchrun(args: list[str], timeout: float, nproc: int = 2) -> tuple[int, str, str]:
+    """`torchrun --standalone --nproc_per_node N -m studio ARGS` from the repo root, one OpenMP
+    thread per process; (return code, stdout, stderr). A hung rendezvous ends the whole process
+    group, workers included."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", str(nproc), "-m",
+                             "studio", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "STUDIO_QUIET": "1", "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, stdout, stderr
 
 
 @pytest.fixture(scope="session")

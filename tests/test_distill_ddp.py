@@ -2,35 +2,21 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 from studio.models.tiny import build_tiny
 
-from conftest import ROOT, WIKI_VALID, need_data
+from conftest import WIKI_VALID, need_data, run_torchrun
 
 
 def test_two_process_torchrun(tmp_path, tiny_dir, tokenizer):
     student = build_tiny("llama", tmp_path / "student", tokenizer, seed=1, intermediate_size=48)
     out = tmp_path / "run"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "studio", "distill",
-           "--teacher", str(tiny_dir("llama")), "--student", str(student),
-           "--data", str(need_data(WIKI_VALID)), "--steps", "3", "--batch", "1", "--block", "32",
-           "--eval-tokens", "64", "--eval-every", "0", "--save-every", "100", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "STUDIO_QUIET": "1", "OMP_NUM_THREADS": "1"},
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:  # a hung rendezvous: end the whole process group, workers included
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr[-3000:]
+    returncode, stdout, stderr = run_torchrun(
+        ["distill", "--teacher", str(tiny_dir("llama")), "--student", str(student),
+         "--data", str(need_data(WIKI_VALID)), "--steps", "3", "--batch", "1", "--block", "32",
+         "--eval-tokens", "64", "--eval-every", "0", "--save-every", "100", "--out", str(out)],
+        timeout=300)
+    assert returncode == 0, stderr[-3000:]
     result = json.loads(stdout)  # exactly one JSON object: only rank 0 prints
     assert result["world_size"] == 2 and result["steps"] == 3 and result["tokens"] == 3 * 2 * 32
     for rank in (0, 1):

@@ -21,6 +21,8 @@ from studio.evaluation import perplexity
 from studio.jobs import FINISHED
 from studio.session import STUDENT, Session
 
+from conftest import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,14 +40,6 @@ def _checksum(model) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def _wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 # ------------------------------------------------------------------------ (a) stop ten times
 def test_stop_distillation_at_random_moments(tmp_path, tiny_dir, corpus):
     from transformers import AutoModelForCausalLM
@@ -61,7 +55,7 @@ def test_stop_distillation_at_random_moments(tmp_path, tiny_dir, corpus):
                                eval_every=0, save_every=100_000, log_every=25, lr=1e-3, warmup=0,
                                run_name=f"stop-{i}", seed=i)
         job = start_distillation(session, config)
-        _wait_until(lambda: job.status != "queued", 60, "the job to start")
+        wait_until(lambda: job.status != "queued", 60, "the job to start")
         time.sleep(rng.uniform(0.0, 2.5))  # anywhere: baseline, Trainer set-up or mid-training
         session.jobs.stop(job.id)
         job.wait(180)
@@ -107,7 +101,7 @@ def test_kill_dash_nine_then_resume(tmp_path, tiny_dir, corpus):
     env = {**os.environ, "STUDIO_QUIET": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_until(lambda: proc.poll() is not None
+        wait_until(lambda: proc.poll() is not None
                     or max(_steps_logged(out), default=0) >= 2 * save_every + 1,
                     300, "the run to pass two checkpoints")
         assert proc.poll() is None, proc.communicate()[1][-2000:]

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from studio.lm_eval_tasks import LmEvalError, run_lm_eval, task_choices
-from tests.conftest import PUBMEDQA, ROOT, need_data
+from tests.conftest import PUBMEDQA, ROOT, need_data, wait_until
 
 
 def test_local_pubmedqa_task_runs_through_lm_eval(default_model):
@@ -51,16 +51,6 @@ def test_cli_eval_prints_perplexity_and_task_scores(tiny_dir, tmp_path):
     assert out["tasks"]["pubmedqa_local"]["sample_len"] == 3
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    import time
-
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_lm_eval_job_reports_progress_and_honours_stop(tiny_session):
     """As a session job: progress climbs to 1.0 with the scores cached for the comparison; a stop
     requested mid-run ends the job as stopped within seconds and the session takes the next job."""
@@ -80,7 +70,7 @@ def test_lm_eval_job_reports_progress_and_honours_stop(tiny_session):
     assert "pubmedqa_local" in session.cache["lm_eval"][model_key(session.working())]
 
     long = submit_lm_eval(session, "working", ["pubmedqa_local"], 400, settings)
-    _wait_for(lambda: long.message.startswith("lm-eval: ") or long.status in ("done", "failed"),
+    wait_until(lambda: long.message.startswith("lm-eval: ") or long.status in ("done", "failed"),
               300, "the first progress update")
     assert long.status == "running", (long.status, long.error)
     session.jobs.stop(long.id)

@@ -11,7 +11,7 @@ import yaml
 
 from studio.errors import RecipeError
 from studio.recipe import load_recipe, validate
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_torchrun
 
 LOAD = {"step": "load", "model": "default"}
 EXPORT = {"step": "export", "name": "x"}
@@ -148,9 +148,6 @@ def test_replay_full_chain(tmp_path, tiny_session):
 def test_run_under_torchrun_two_processes(tmp_path, tiny_dir):
     """`torchrun --nproc_per_node 2 -m studio run`: both ranks load and prune, distil together
     (gloo, data parallel), and rank 0 alone exports one verified folder and prints the JSON."""
-    import signal
-    from pathlib import Path
-
     from transformers import AutoModelForCausalLM
 
     recipe = tmp_path / "recipe.yaml"
@@ -162,19 +159,9 @@ def test_run_under_torchrun_two_processes(tmp_path, tiny_dir):
          "eval_every": 0, "save_every": 100, "run_name": "ddp"},
         {"step": "export", "name": "ddp", "eval_tokens": 256, "eval_block": 128}]}))
     out, workspace = tmp_path / "exported" / "model", tmp_path / "ws"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "studio",
-                             "run", str(recipe), "--out", str(out), "--workspace", str(workspace)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "STUDIO_QUIET": "1", "OMP_NUM_THREADS": "1"},
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:  # a hung rendezvous: end the whole process group, workers included
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr[-3000:]
+    returncode, stdout, stderr = run_torchrun(
+        ["run", str(recipe), "--out", str(out), "--workspace", str(workspace)], timeout=400)
+    assert returncode == 0, stderr[-3000:]
     result = json.loads(stdout)  # exactly one JSON object: only rank 0 prints
     assert result["world_size"] == 2 and result["steps"] == ["load", "prune", "distill", "export"]
     for rank in (0, 1):

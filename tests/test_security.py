@@ -1,7 +1,6 @@
 """Security: binding and its warning, authentication, file access of the server, consent ticks
 recorded in the recipe, and a workspace without pickle files after training."""
 import json
-import os
 import subprocess
 import sys
 import urllib.error
