@@ -58,6 +58,11 @@ def create_tab(session: Session) -> dict:
         trainable = gr.Dropdown(list(TRAINABLE), value=D.trainable, label="Trainable",
                                 info="mlp: only the GLU projections learn")
     with gr.Row():
+        teacher_data = gr.Slider(0, 1, value=D.teacher_data, step=0.05, label="Teacher-written share",
+                                 info="self-data: the teacher rewrites this share of the training "
+                                      "blocks after a short prompt (wider recovery; costs sampling time)")
+        prompt_tokens = gr.Number(D.prompt_tokens, label="Prompt tokens", precision=0)
+    with gr.Row():
         start = gr.Button("Start distillation", variant="primary")
         stop = gr.Button("Stop", variant="stop", elem_id="distill-stop")
         resume = gr.Button("Resume")
@@ -73,11 +78,13 @@ def create_tab(session: Session) -> dict:
     timer = gr.Timer(2.0)
     plots = [loss_plot, ppl_plot, lr_plot, grad_plot, speed_plot]
     settings = [data, eval_source, run_name, steps, batch, block, lr, eval_every, eval_tokens, alpha,
-                beta, gamma, temperature, kl, student_dtype, correction, trainable]
+                beta, gamma, temperature, kl, student_dtype, correction, trainable, teacher_data,
+                prompt_tokens]
 
     def to_config(data_v, eval_v, run_v, steps_v, batch_v, block_v, lr_v, every_v, tokens_v, alpha_v,
                   beta_v, gamma_v, temp_v, kl_v, dtype_v, correction_v,
-                  trainable_v=D.trainable) -> DistillConfig:
+                  trainable_v=D.trainable, teacher_data_v=D.teacher_data,
+                  prompt_v=D.prompt_tokens) -> DistillConfig:
         return DistillConfig(
             data=data_v or D.data, eval_source=eval_v or None, run_name=(run_v or "").strip(),
             steps=number(steps_v, D.steps, int), batch=number(batch_v, D.batch, int),
@@ -87,15 +94,17 @@ def create_tab(session: Session) -> dict:
             temperature=number(temp_v, D.temperature), kl=kl_v or D.kl,
             student_dtype=dtype_v or D.student_dtype,
             teacher_correction_steps=number(correction_v, 0, int),
-            trainable=trainable_v or D.trainable)
+            trainable=trainable_v or D.trainable,
+            teacher_data=number(teacher_data_v, D.teacher_data),
+            prompt_tokens=number(prompt_v, D.prompt_tokens, int))
 
     @ui_errors
     def start_run(data, eval_source, run_name, steps, batch, block, lr, eval_every, eval_tokens, alpha,
                   beta, gamma, temperature, kl, student_dtype, teacher_correction,
-                  trainable=D.trainable):
+                  trainable=D.trainable, teacher_data=D.teacher_data, prompt_tokens=D.prompt_tokens):
         config = to_config(data, eval_source, run_name, steps, batch, block, lr, eval_every,
                            eval_tokens, alpha, beta, gamma, temperature, kl, student_dtype,
-                           teacher_correction, trainable)
+                           teacher_correction, trainable, teacher_data, prompt_tokens)
         return start_distillation(session, config).id
 
     @ui_errors
@@ -128,6 +137,7 @@ def create_tab(session: Session) -> dict:
     return {"distill.data": data, "distill.eval": eval_source, "distill.run_name": run_name,
             "distill.steps": steps, "distill.batch": batch, "distill.block": block, "distill.lr": lr,
             "distill.alpha": alpha, "distill.beta": beta, "distill.gamma": gamma,
-            "distill.temperature": temperature, "distill.kl": kl, "distill.job_id": job_id,
+            "distill.temperature": temperature, "distill.kl": kl,
+            "distill.teacher_data": teacher_data, "distill.job_id": job_id,
             "distill.start": start, "distill.stop": stop, "distill.resume": resume,
             "distill.summary": summary, "distill.refresh": refresh}

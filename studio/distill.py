@@ -54,6 +54,9 @@ class DistillConfig:
     student_dtype: str = "auto"        # DTYPES key; auto keeps the student's dtype
     teacher_correction_steps: int = 0  # > 0: fine-tune a copy of the teacher first (Minitron)
     trainable: str = "all"             # TRAINABLE
+    teacher_data: float = 0.0          # share of training blocks the teacher rewrites (self-data)
+    prompt_tokens: int = 32            # tokens of each rewritten block kept as the teacher's prompt
+    sample_temperature: float = 1.0    # the teacher's sampling temperature when it rewrites
     seed: int = 0
     run_name: str = ""
 
@@ -75,6 +78,13 @@ class DistillConfig:
                                                  f"{', '.join(TRAINABLE)}"),
                   (self.student_dtype in DTYPES, f"student dtype '{self.student_dtype}' is not one of "
                                                  f"{', '.join(DTYPES)}"),
+                  (0 <= self.teacher_data <= 1, f"teacher-written share must be in [0, 1] (got "
+                                                f"{self.teacher_data})"),
+                  (not self.teacher_data or 1 <= self.prompt_tokens < self.block,
+                   f"prompt tokens must be in [1, block) (got {self.prompt_tokens} with block "
+                   f"{self.block})"),
+                  (self.sample_temperature > 0, f"sampling temperature must be positive (got "
+                                                f"{self.sample_temperature})"),
                   (self.save_every > 0 and self.eval_every >= 0 and self.log_every > 0,
                    "save/eval/log intervals must be positive (eval may be 0)"),
                   (self.eval_tokens >= self.block, f"eval tokens ({self.eval_tokens}) must cover at "

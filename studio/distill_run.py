@@ -22,7 +22,8 @@ from studio.distill_trainer import BlockDataset, DistillTrainer
 from studio.errors import DataSourceError, TrainingError
 from studio.evaluation import perplexity
 from studio.monitor import JobCallback, MetricLog, read_metrics
-from studio.progress import Progress, null_progress
+from studio.progress import Progress, null_progress, scaled
+from studio.teacher_text import teacher_written
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ def run(teacher, student, cfg, out_dir: Path, job=None, progress: Progress = nul
     if cfg.teacher_correction_steps and not resume:
         progress(0.02, f"Teacher correction: {cfg.teacher_correction_steps} steps")
         teacher_model = correct_teacher(teacher_model, train_blocks, cfg, out_dir, student.device)
+    with args.main_process_first(desc="teacher-written blocks"):  # rank 0 writes, the others read
+        train_blocks = teacher_written(teacher_model, train_blocks, cfg, out_dir,
+                                       scaled(progress, 0.0, 0.01),
+                                       job.should_stop if job is not None else lambda: False)
     baseline = _baseline(metric_log, teacher_model, student.model, held, main, progress)
     job = job or ProgressOnly(progress)
 

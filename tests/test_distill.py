@@ -242,3 +242,49 @@ def test_replay_of_a_run_stopped_early_stops_at_the_same_step(tmp_path, tiny_dir
     for (name, a), b in zip(session.get(STUDENT).model.named_parameters(),
                             again.get(STUDENT).model.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_teacher_rewrites_its_share_of_the_blocks_once(tmp_path, tiny_dir, tokenizer):
+    """Self-data: the first round(n · share) blocks keep their prompt and get the teacher's own
+    continuation (more likely under the teacher than the original text); the rest is untouched;
+    a second call (resume, other ranks) reads the stored blocks; the global RNG is left alone."""
+    from safetensors.torch import load_file
+
+    from studio.data import token_blocks
+    from studio.evaluation import perplexity
+    from studio.teacher_text import FILE, teacher_written
+
+    teacher = load_model(str(tiny_dir("llama")), device="cpu").model
+    blocks = token_blocks(tokenizer, str(need_data(WIKI_VALID)), 32, 32 * 4)
+    config = small_config(teacher_data=0.5, prompt_tokens=8, block=32)
+    rng = torch.get_rng_state()
+    written = teacher_written(teacher, blocks, config, tmp_path)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert written.shape == blocks.shape and torch.equal(written[2:], blocks[2:])
+    assert torch.equal(written[:2, :8], blocks[:2, :8]) and not torch.equal(written[:2], blocks[:2])
+    assert perplexity(teacher, written[:2]) < perplexity(teacher, blocks[:2])
+    stored = tmp_path / FILE
+    assert torch.equal(load_file(str(stored))["blocks"], written[:2])
+    mtime = stored.stat().st_mtime_ns
+    assert torch.equal(teacher_written(teacher, blocks, config, tmp_path), written)
+    assert stored.stat().st_mtime_ns == mtime  # read back, not sampled again
+    same_seed = teacher_written(teacher, blocks, config, tmp_path / "again")
+    other_seed = teacher_written(teacher, blocks, small_config(teacher_data=0.5, prompt_tokens=8, seed=1),
+                                 tmp_path / "other")
+    assert torch.equal(same_seed, written) and not torch.equal(other_seed, written)
+    assert torch.equal(teacher_written(teacher, blocks, small_config(), tmp_path / "none"), blocks)
+    small_config(prompt_tokens=32).validate()  # the prompt length only matters when the teacher writes
+    for bad in ({"teacher_data": 1.5}, {"teacher_data": 0.5, "prompt_tokens": 32}, {"sample_temperature": 0}):
+        with pytest.raises(TrainingError, match="share|prompt|temperature"):
+            small_config(**bad).validate()
+
+
+def test_distillation_on_teacher_written_text_records_and_stores_it(tmp_path, tiny_dir, student_dir):
+    session = Session(tmp_path / "ws", device="cpu")
+    session.load(str(tiny_dir("llama")))
+    session.set_model(STUDENT, load_model(str(student_dir), device="cpu"))
+    summary = distill(session, small_config(run_name="self", steps=3, eval_every=0, teacher_data=1.0,
+                                            prompt_tokens=4))
+    assert summary["steps"] == 3 and math.isfinite(summary["ppl_after"])
+    assert (session.path("distill", "self") / "teacher-blocks.safetensors").is_file()
+    assert session.recipe[-1]["teacher_data"] == 1.0 and session.recipe[-1]["prompt_tokens"] == 4

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+from safetensors.torch import load_file
+
 
 def wait_status(client, job_id, wanted, timeout=300.0):
     deadline = time.time() + timeout
@@ -20,7 +22,8 @@ SMALL = dict(data="builtin:python-docs", eval_source="", batch=1, block=32, eval
 
 
 def test_start_poll_and_stop(client, studio_server):
-    job_id = client.predict(**SMALL, run_name="ui-short", steps=2, api_name="/start_distillation")
+    job_id = client.predict(**SMALL, run_name="ui-short", steps=2, teacher_data=0.5, prompt_tokens=8,
+                            api_name="/start_distillation")
     assert isinstance(job_id, str) and job_id
     info = wait_status(client, job_id, {"done", "failed", "stopped"})
     assert info["status"] == "done", info
@@ -28,6 +31,8 @@ def test_start_poll_and_stop(client, studio_server):
     run = studio_server["workspace"] / "distill" / "ui-short"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("loss_kl" in r for r in rows) and any(r.get("final") for r in rows)
+    written = load_file(str(run / "teacher-blocks.safetensors"))["blocks"]  # self-data: half of 3 blocks
+    assert written.shape == (2, 32)
     assert "distill" in client.predict(api_name="/session_status")["recipe_steps"]
 
     long_id = client.predict(**SMALL, run_name="ui-long", steps=500, api_name="/start_distillation")

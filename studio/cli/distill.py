@@ -30,8 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--teacher-dtype", default=None, help="teacher dtype (default: bf16 on CUDA)")
     parser.add_argument("--save-model", action="store_true", help="also save the final student to OUT/student")
     ints = ["batch", "block", "grad_accum", "eval_tokens", "eval_every", "save_every", "log_every",
-            "teacher_correction_steps", "seed"]
-    floats = ["lr", "alpha", "beta", "gamma", "temperature", "skew", "warmup", "max_grad_norm"]
+            "teacher_correction_steps", "prompt_tokens", "seed"]
+    floats = ["lr", "alpha", "beta", "gamma", "temperature", "skew", "warmup", "max_grad_norm",
+              "teacher_data", "sample_temperature"]
     for name in ints:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=DEFAULTS[name])
     for name in floats:
