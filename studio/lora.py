@@ -4,17 +4,20 @@ Flow: `train_lora(session, LoraConfig, job)` copies the working model (student, 
 with peft, trains it with the transformers Trainer (live loss and held-out perplexity through
 `studio.monitor`), compares before/after, and keeps the result in the session's "lora" role;
 `save_adapter` writes the adapter alone, `merge_adapter` folds it into the weights as the student.
+Works single-process or under torchrun (data parallel; rank 0 alone writes the metric log).
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from studio.distill_run import _NullLog
 from studio.errors import TrainingError
 from studio.evaluation import generate, parameter_count
 from studio.jobs import JobStopped
@@ -174,8 +177,27 @@ def train_lora(session, config: LoraConfig, job=None, progress: Progress = null_
     working = session.get(source_role)
     targets = resolve_targets(working.model, working.adapter, config.targets)
     tokenizer = working.tokenizer
+    folder = session.path("lora", config.run_name)
+    cuda = working.device.type == "cuda"
+    args = TrainingArguments(
+        output_dir=str(folder / "checkpoints"), max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
+        lr_scheduler_type="cosine", warmup_steps=min(10, config.steps // 10), weight_decay=0.0,
+        logging_steps=max(1, min(10, config.steps // 20)), save_strategy="steps",
+        save_steps=max(10, config.eval_every), save_total_limit=2, report_to="none",
+        seed=config.seed, use_cpu=not cuda, disable_tqdm=True,
+        bf16=working.dtype == torch.bfloat16, remove_unused_columns=False, label_names=["labels"],
+        dataloader_pin_memory=False,
+        ddp_backend=None if cuda or int(os.environ.get("WORLD_SIZE", "1")) < 2 else "gloo",
+        ddp_find_unused_parameters=False)
+    main = args.process_index == 0  # under torchrun every rank trains; rank 0 logs and reports
+    if not main:
+        progress = null_progress
     progress(0.01, "Preparing data")
-    train_set = build_examples(tokenizer, config, config.data, limit=None)
+    # packed text: enough distinct blocks for every rank's share of the steps
+    train_set = build_examples(tokenizer, config, config.data,
+                               limit=config.steps * config.batch_size * args.world_size
+                               if config.format == "text" else None)
     eval_set = (build_examples(tokenizer, config, config.eval_data, limit=config.eval_examples)
                 if config.eval_data else [])
     prompts = config.prompts or records_prompts(config, limit=2)
@@ -184,29 +206,22 @@ def train_lora(session, config: LoraConfig, job=None, progress: Progress = null_
     peft_model = _wrap(copy, config, targets)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = parameter_count(peft_model)
-    with peft_model.disable_adapter():
+    with peft_model.disable_adapter():  # every rank compares: no collectives, equal work
         before = _compare(peft_model, tokenizer, eval_set, prompts, config,
                           scaled(progress, 0.02, 0.12), should_stop)
-    folder = session.path("lora", config.run_name)
-    metrics = MetricLog((job.folder if job is not None else folder) / "metrics.jsonl")
+    metrics = MetricLog((job.folder if job is not None else folder) / "metrics.jsonl") \
+        if main else _NullLog()
+    if main and not config.resume and metrics.path.exists():
+        metrics.path.unlink()  # a fresh run under the same name starts a fresh log
     metrics.append({"step": 0, "eval_ppl": before["eval_ppl"]})
 
     def evaluate(step: int) -> dict:
         small = eval_set[: max(4, min(len(eval_set), 16))]
         return {"eval_ppl": round(masked_perplexity(peft_model, small, config.batch_size), 4)}
 
-    tokens_per_step = config.batch_size * config.block_len
-    callback = JobCallback(job, metrics, tokens_per_step, evaluate if eval_set else None,
+    tokens_per_step = config.batch_size * config.block_len * args.world_size
+    callback = JobCallback(job, metrics, tokens_per_step, evaluate if eval_set and main else None,
                            config.eval_every, label="LoRA")
-    args = TrainingArguments(
-        output_dir=str(folder / "checkpoints"), max_steps=config.steps,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
-        lr_scheduler_type="cosine", warmup_steps=min(10, config.steps // 10), weight_decay=0.0,
-        logging_steps=max(1, min(10, config.steps // 20)), save_strategy="steps",
-        save_steps=max(10, config.eval_every), save_total_limit=2, report_to="none",
-        seed=config.seed, use_cpu=copy.device.type == "cpu", disable_tqdm=True,
-        bf16=copy.dtype == torch.bfloat16, remove_unused_columns=False, label_names=["labels"],
-        dataloader_pin_memory=False)
     trainer = SafeTrainer(model=peft_model, args=args, train_dataset=train_set,
                           data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
                           callbacks=[callback])
@@ -240,11 +255,13 @@ def train_lora(session, config: LoraConfig, job=None, progress: Progress = null_
               "train_loss": round(out.training_loss, 4), "seconds": round(seconds, 1),
               "seconds_per_step": round(seconds / max(trainer.state.global_step, 1), 3),
               "before": before, "after": after, "prompts": prompts,
-              "eval_examples": len(eval_set), "train_examples": len(train_set)}
+              "eval_examples": len(eval_set), "train_examples": len(train_set),
+              "world_size": args.world_size}
     if before["eval_ppl"] and after["eval_ppl"]:
         result["eval_ppl_change"] = round(after["eval_ppl"] / before["eval_ppl"] - 1, 4)
-    if config.finish == "adapter":
-        result["adapter_dir"] = str(save_adapter(session, config.run_name))
+    if config.finish == "adapter":  # one writer; a merge stays in memory, so every rank merges
+        result["adapter_dir"] = str(save_adapter(session, config.run_name) if main
+                                    else session.path("adapters", config.run_name))
     elif config.finish == "merge":
         result["merged"] = merge_adapter(session)["student"]
     progress(1.0, "LoRA done")

@@ -34,7 +34,7 @@ class Session:
         self.workspace = Path(workspace).resolve()
         try:
             self.workspace.mkdir(parents=True, exist_ok=True)
-            probe = self.workspace / ".write-test"
+            probe = self.workspace / f".write-test-{os.getpid()}"  # per process: torchrun ranks share it
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:

@@ -1,4 +1,10 @@
-"""LoRA/DoRA specialisation of a model on domain data; prints before/after metrics."""
+"""LoRA/DoRA specialisation of a model on domain data; prints before/after metrics.
+
+Runs alone or under torchrun / accelerate launch (data parallel): every rank loads and trains,
+rank 0 alone saves to --out and prints the JSON result."""
+import os
+import sys
+
 from studio.cli._common import add_model_arguments, open_session, positive_int
 from studio.lora import LoraConfig, train_lora
 from studio.progress import scaled
@@ -43,7 +49,16 @@ def add_arguments(parser) -> None:
 def run(args, progress) -> dict:
     from pathlib import Path
 
-    session = open_session(args, scaled(progress, 0.0, 0.1))
+    from studio.recipe import Ranks
+
+    if args.device is None and "LOCAL_RANK" in os.environ:  # torchrun: one device per process
+        import torch
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    ranks = Ranks(args.device)
+    if not ranks.main:
+        progress = lambda fraction, message="": None  # noqa: E731 (one voice: rank 0)
+    with ranks.rank0_first():  # the workspace and any cached conversion: made once, then read
+        session = open_session(args, scaled(progress, 0.0, 0.1))
     fmt = args.format or ("instruction" if args.template or args.response_template
                           or args.prompt_field != "prompt" or args.response_field != "response"
                           else "text")
@@ -57,6 +72,10 @@ def run(args, progress) -> dict:
         eval_examples=args.eval_examples, task_examples=args.task_examples, prompts=args.prompt,
         resume=args.resume, finish="merge" if args.merge else "keep")
     result = train_lora(session, config, progress=scaled(progress, 0.1, 0.95))
+    sys.stderr.write(f"lora: rank {ranks.rank}/{result['world_size']} finished at step "
+                     f"{result['steps']}\n")
+    if not ranks.main:
+        raise SystemExit(0)  # only rank 0 saves to --out and prints the JSON result
     out = Path(args.out).expanduser().resolve()
     if args.merge:
         student = session.get("student")
