@@ -23,7 +23,7 @@ from studio.progress import Progress, null_progress
 log = logging.getLogger(__name__)
 
 FILE = "teacher-blocks.safetensors"
-GENERATE_BATCH = 64  # sequences sampled together; the KV cache of 64×256 tokens is small
+GENERATE_TOKENS = 16384  # tokens sampled together (64 blocks of 256): bounds the KV cache
 
 
 def teacher_written(teacher_model, blocks: torch.Tensor, cfg, out_dir: Path,
@@ -68,15 +68,16 @@ def sample_continuations(model, prompts: torch.Tensor, length: int, temperature:
                                 eos_token_id=_eos(model), pad_token_id=_eos(model))
     was_training = model.training
     model.eval()
+    batch = max(1, GENERATE_TOKENS // length)
     out = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed)
-            for start in range(0, len(prompts), GENERATE_BATCH):
+            for start in range(0, len(prompts), batch):
                 if should_stop():
                     raise JobStopped()
                 progress(start / len(prompts), f"Teacher writes training text: {start}/{len(prompts)} blocks")
-                chunk = prompts[start:start + GENERATE_BATCH].to(device)
+                chunk = prompts[start:start + batch].to(device)
                 ids = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk),
                                      generation_config=settings)
                 out.append(ids[:, :length].cpu())

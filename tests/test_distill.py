@@ -252,6 +252,7 @@ def test_teacher_rewrites_its_share_of_the_blocks_once(tmp_path, tiny_dir, token
 
     from studio.data import token_blocks
     from studio.evaluation import perplexity
+    from studio.jobs import JobStopped
     from studio.teacher_text import FILE, teacher_written
 
     teacher = load_model(str(tiny_dir("llama")), device="cpu").model
@@ -273,6 +274,9 @@ def test_teacher_rewrites_its_share_of_the_blocks_once(tmp_path, tiny_dir, token
                                  tmp_path / "other")
     assert torch.equal(same_seed, written) and not torch.equal(other_seed, written)
     assert torch.equal(teacher_written(teacher, blocks, small_config(), tmp_path / "none"), blocks)
+    with pytest.raises(JobStopped):  # a stop while the teacher writes ends the job, nothing stored
+        teacher_written(teacher, blocks, config, tmp_path / "stopped", should_stop=lambda: True)
+    assert not (tmp_path / "stopped" / FILE).exists()
     small_config(prompt_tokens=32).validate()  # the prompt length only matters when the teacher writes
     for bad in ({"teacher_data": 1.5}, {"teacher_data": 0.5, "prompt_tokens": 32}, {"sample_temperature": 0}):
         with pytest.raises(TrainingError, match="share|prompt|temperature"):
