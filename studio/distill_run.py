@@ -10,7 +10,6 @@ import gc
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from studio.data import load_documents
 from studio.distill_trainer import BlockDataset, DistillTrainer
 from studio.errors import DataSourceError, TrainingError
 from studio.evaluation import perplexity
-from studio.monitor import JobCallback, MetricLog, read_metrics
+from studio.monitor import JobCallback, MetricLog, NullLog, ddp_backend, read_metrics
 from studio.progress import Progress, null_progress, scaled
 from studio.teacher_text import teacher_written
 
@@ -104,7 +103,7 @@ def training_arguments(cfg, out_dir: Path, device: torch.device, student_dtype) 
         logging_steps=cfg.log_every, save_strategy="steps", save_steps=cfg.save_every,
         save_total_limit=2, report_to="none", disable_tqdm=True, seed=cfg.seed, data_seed=cfg.seed,
         use_cpu=not cuda, bf16=bf16, dataloader_num_workers=0, remove_unused_columns=False,
-        ddp_backend=None if cuda or int(os.environ.get("WORLD_SIZE", "1")) < 2 else "gloo", ddp_find_unused_parameters=False,
+        ddp_backend=ddp_backend(cuda), ddp_find_unused_parameters=False,
         logging_first_step=True, save_only_model=False)
 
 
@@ -169,7 +168,7 @@ def run(teacher, student, cfg, out_dir: Path, job=None, progress: Progress = nul
         return {"ppl_student": _ppl(student.model, held), **baseline}
 
     tokens_per_step = cfg.batch * cfg.block * cfg.grad_accum * args.world_size
-    monitor = JobCallback(job, metric_log if main else _NullLog(), tokens_per_step,
+    monitor = JobCallback(job, metric_log if main else NullLog(), tokens_per_step,
                           evaluate if main and cfg.eval_every else None, cfg.eval_every,
                           label="Distillation")
     trainer = DistillTrainer(model=student.model, args=args, train_dataset=BlockDataset(train_blocks),
@@ -230,14 +229,6 @@ def _last_checkpoint(out_dir: Path) -> Path | None:
     found = [p for p in Path(out_dir).glob("checkpoint-*")
              if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-class _NullLog:
-    def append(self, row: dict) -> None:
-        """Ranks other than 0 write nothing."""
-
-    def rows(self) -> list[dict]:
-        return []
 
 
 def read_run(out_dir: Path) -> tuple[list[dict], dict | None]:

@@ -11,19 +11,17 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from studio.distill_run import _NullLog
 from studio.errors import TrainingError
 from studio.evaluation import generate, parameter_count
 from studio.jobs import JobStopped
 from studio.lora_data import build_examples, collate, masked_perplexity, records_prompts
 from studio.models.loading import LoadedModel
-from studio.monitor import JobCallback, MetricLog
+from studio.monitor import JobCallback, MetricLog, NullLog, ddp_backend
 from studio.progress import Progress, null_progress, scaled
 
 log = logging.getLogger(__name__)
@@ -188,7 +186,7 @@ def train_lora(session, config: LoraConfig, job=None, progress: Progress = null_
         seed=config.seed, use_cpu=not cuda, disable_tqdm=True,
         bf16=working.dtype == torch.bfloat16, remove_unused_columns=False, label_names=["labels"],
         dataloader_pin_memory=False,
-        ddp_backend=None if cuda or int(os.environ.get("WORLD_SIZE", "1")) < 2 else "gloo",
+        ddp_backend=ddp_backend(cuda),
         ddp_find_unused_parameters=False)
     main = args.process_index == 0  # under torchrun every rank trains; rank 0 logs and reports
     if not main:
@@ -210,7 +208,7 @@ def train_lora(session, config: LoraConfig, job=None, progress: Progress = null_
         before = _compare(peft_model, tokenizer, eval_set, prompts, config,
                           scaled(progress, 0.02, 0.12), should_stop)
     metrics = MetricLog((job.folder if job is not None else folder) / "metrics.jsonl") \
-        if main else _NullLog()
+        if main else NullLog()
     if main and not config.resume and metrics.path.exists():
         metrics.path.unlink()  # a fresh run under the same name starts a fresh log
     metrics.append({"step": 0, "eval_ppl": before["eval_ppl"]})

@@ -1,10 +1,12 @@
 """Training monitoring shared by distillation and LoRA: a JSONL metric log that the UI polls
-(so charts survive a page reload) and a Trainer callback that reports progress and honours stop.
+(so charts survive a page reload), a Trainer callback that reports progress and honours stop, and
+what both trainers need under torchrun (a silent log for ranks > 0, the CPU backend).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -77,3 +79,19 @@ class JobCallback(TrainerCallback):
                                         / max(now - self._last_time, 1e-9), 1)
         self._last_time = now
         self.log.append(row)
+
+
+class NullLog:
+    """The metric log of ranks other than 0 under torchrun: they write nothing."""
+
+    def append(self, row: dict) -> None:
+        """Dropped."""
+
+    def rows(self) -> list[dict]:
+        return []
+
+
+def ddp_backend(cuda: bool) -> str | None:
+    """gloo for CPU processes under torchrun (named explicitly: every torch build has it); None
+    (the Trainer's own choice) on CUDA or in a single process."""
+    return None if cuda or int(os.environ.get("WORLD_SIZE", "1")) < 2 else "gloo"
