@@ -55,7 +55,7 @@ class DistillConfig:
     teacher_correction_steps: int = 0  # > 0: fine-tune a copy of the teacher first (Minitron)
     trainable: str = "all"             # TRAINABLE
     teacher_data: float = 0.0          # share of training blocks the teacher rewrites (self-data)
-    prompt_tokens: int = 32            # tokens of each rewritten block kept as the teacher's prompt
+    prompt_tokens: int = 4             # tokens of each rewritten block kept as the teacher's prompt (4 beat 32)
     sample_temperature: float = 1.0    # the teacher's sampling temperature when it rewrites
     seed: int = 0
     run_name: str = ""
