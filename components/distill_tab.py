@@ -55,9 +55,9 @@ def create_tab(session: Session) -> dict:
         kl = gr.Dropdown(list(KL_KINDS), value=D.kl, label="KL")
         student_dtype = gr.Dropdown(list(DTYPES), value=D.student_dtype, label="Student dtype")
         correction = gr.Number(0, label="Teacher correction steps", precision=0)
+    with gr.Row():
         trainable = gr.Dropdown(list(TRAINABLE), value=D.trainable, label="Trainable",
                                 info="mlp: only the GLU projections learn")
-    with gr.Row():
         teacher_data = gr.Slider(0, 1, value=D.teacher_data, step=0.05, label="Teacher-written share",
                                  info="self-data: the teacher rewrites this share of the training "
                                       "blocks after a short prompt (wider recovery; costs sampling time)")

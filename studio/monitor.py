@@ -74,7 +74,9 @@ class JobCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = time.time()
         row = {"step": state.global_step, **(logs or {})}
-        if self._last_time is not None and self.tokens_per_step and args.logging_steps:
+        # only step logs: the Trainer's closing row (train_runtime...) comes right after the last
+        # step's, and its "rate" drew a spike at the end of the chart
+        if self._last_time is not None and self.tokens_per_step and args.logging_steps and "loss" in row:
             row["tokens_per_s"] = round(self.tokens_per_step * args.logging_steps
                                         / max(now - self._last_time, 1e-9), 1)
         self._last_time = now

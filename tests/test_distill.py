@@ -157,7 +157,10 @@ def test_stop_then_resume_continues_the_schedule(tmp_path, tiny_dir, student_dir
     split_rows = session.path("distill", "split", "metrics.jsonl").read_text().splitlines()
     from studio.monitor import read_metrics
     split_lr = lr_by_step(read_metrics(out / "metrics.jsonl"))
-    whole_lr = lr_by_step(read_metrics(whole.path("distill", "whole", "metrics.jsonl")))
+    whole_rows = read_metrics(whole.path("distill", "whole", "metrics.jsonl"))
+    whole_lr = lr_by_step(whole_rows)
+    speeds = [r["step"] for r in whole_rows if "tokens_per_s" in r]  # step rows only, no closing spike
+    assert speeds == [r["step"] for r in whole_rows if "loss" in r] == list(range(1, 7))
     assert sorted(split_lr) == list(range(1, 7)) and len(split_rows) > 6
     for step in range(1, 7):  # same learning rate at the same step as the uninterrupted run
         assert split_lr[step] == pytest.approx(whole_lr[step], rel=1e-9, abs=1e-12), step
@@ -169,8 +172,12 @@ def test_stop_then_resume_continues_the_schedule(tmp_path, tiny_dir, student_dir
     assert {"loss", "loss_ce", "loss_kl"} <= set(traces) and len(traces["loss"].x) == 6
     assert len(figures["lr"].data[0].x) == 6 and figures["grad_norm"].data
     assert figures["tokens_per_s"].data
-    assert [t.name for t in figures["perplexity"].data] == ["ppl_student"]
-    assert list(figures["perplexity"].data[0].x) == [0, 3, 6]
+    ppl = figures["perplexity"]
+    assert [t.name for t in ppl.data] == ["ppl_student", f"teacher {result['ppl_teacher']:.2f}",
+                                          f"before {result['ppl_before']:.2f}"]
+    assert list(ppl.data[0].x) == [0, 3, 6] and list(ppl.data[1].x) == [0, 6]
+    assert list(ppl.data[2].y) == [result["ppl_before"]] * 2 and ppl.layout.yaxis.type == "log"
+    assert not ppl.layout.annotations  # on a log axis an annotation's y is read as log10(y)
     assert math.isfinite(result["ppl_after"]) and "gap_closed" in result
     assert whole_figures["loss"].data
 

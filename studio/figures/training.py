@@ -47,10 +47,13 @@ def perplexity_figure(rows: list[dict]) -> go.Figure:
         return empty_figure("Held-out perplexity: waiting for the first evaluation")
     fig = metrics_figure(evals, ["ppl_student"], "Held-out perplexity")
     last = evals[-1]
+    # reference lines as traces, not add_hline: on a log axis plotly reads an annotation's y as
+    # log10(y), which pushed the labels (and the axis range) to 10^160
+    span = [evals[0]["step"], max(evals[-1]["step"], evals[0]["step"] + 1)]
     for key, label, colour in (("ppl_teacher", "teacher", "#2ca02c"), ("ppl_before", "before", "#d62728")):
         if last.get(key) is not None:
-            fig.add_hline(y=last[key], line_dash="dash", line_color=colour,
-                          annotation_text=f"{label} {last[key]:.2f}", annotation_position="top left")
+            fig.add_trace(go.Scatter(x=span, y=[last[key]] * 2, mode="lines", name=f"{label} {last[key]:.2f}",
+                                     line={"dash": "dash", "color": colour}, hoverinfo="name"))
     fig.update_yaxes(type="log")
     return fig
 
