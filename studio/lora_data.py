@@ -158,7 +158,6 @@ def collate(rows: list[dict], pad_id: int) -> dict:
 
 
 @torch.no_grad()
-@torch.no_grad()  # evaluation only: no autograd graph per batch
 def masked_perplexity(model, examples: list[dict], batch_size: int = 4,
                       should_stop=lambda: False) -> float:
     """exp(mean NLL) over the label tokens (the replies for instruction data, all for text)."""

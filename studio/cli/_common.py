@@ -1,6 +1,8 @@
 """Arguments and helpers shared by commands."""
 from __future__ import annotations
 
+import os
+
 from studio.session import Session
 
 
@@ -34,3 +36,12 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be positive")
     return value
+
+
+def process_device(device: str | None) -> str | None:
+    """Under torchrun without --device, each process takes its own GPU (cuda:LOCAL_RANK), or the
+    CPU when there is none; otherwise the device as given."""
+    if device is None and "LOCAL_RANK" in os.environ:
+        import torch
+        return f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    return device

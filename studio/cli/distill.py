@@ -6,12 +6,12 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from studio.cli._common import positive_int
+from studio.cli._common import positive_int, process_device
 from studio.distill import DTYPES, SCHEDULES, TRAINABLE, DistillConfig
 from studio.distill_loss import KL_KINDS, LAYER_MAPS
 from studio.distill_run import run as run_distillation
 from studio.models.loading import load_model
-from studio.progress import scaled
+from studio.progress import null_progress, scaled
 
 NAME = "distill"
 DEFAULTS = {f.name: f.default for f in fields(DistillConfig)}
@@ -56,13 +56,9 @@ def config_from_args(args) -> DistillConfig:
 def run(args, progress) -> dict:
     config = config_from_args(args)
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = args.device
-    if device is None and "LOCAL_RANK" in os.environ:
-        import torch
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = process_device(args.device)
     if rank != 0:
-        progress = lambda fraction, message="": None  # noqa: E731 (one voice: rank 0)
+        progress = null_progress  # one voice: rank 0
     teacher = load_model(args.teacher, device=device, dtype=args.teacher_dtype,
                          progress=scaled(progress, 0.0, 0.05))
     student = load_model(args.student, device=device, progress=scaled(progress, 0.05, 0.1))

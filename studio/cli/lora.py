@@ -2,12 +2,11 @@
 
 Runs alone or under torchrun / accelerate launch (data parallel): every rank loads and trains,
 rank 0 alone saves to --out and prints the JSON result."""
-import os
 import sys
 
-from studio.cli._common import add_model_arguments, open_session, positive_int
+from studio.cli._common import add_model_arguments, open_session, positive_int, process_device
 from studio.lora import LoraConfig, train_lora
-from studio.progress import scaled
+from studio.progress import null_progress, scaled
 
 NAME = "lora"
 
@@ -51,12 +50,10 @@ def run(args, progress) -> dict:
 
     from studio.recipe import Ranks
 
-    if args.device is None and "LOCAL_RANK" in os.environ:  # torchrun: one device per process
-        import torch
-        args.device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    args.device = process_device(args.device)
     ranks = Ranks(args.device)
     if not ranks.main:
-        progress = lambda fraction, message="": None  # noqa: E731 (one voice: rank 0)
+        progress = null_progress  # one voice: rank 0
     with ranks.rank0_first():  # the workspace and any cached conversion: made once, then read
         session = open_session(args, scaled(progress, 0.0, 0.1))
     fmt = args.format or ("instruction" if args.template or args.response_template
